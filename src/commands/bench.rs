@@ -1,0 +1,123 @@
+//! `unet-edge bench`: latency per tile and throughput after warm-up.
+
+use crate::RunArgs;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::time::Instant;
+use unet_edge::rng::Rng;
+
+/// Options of `bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Tiles to time after warm-up (split over the threads).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    tiles: usize,
+    /// Untimed warm-up runs per thread.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    warmup: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Latency statistics in ms per tile.
+struct Stats {
+    min: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    mean: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    Stats {
+        min: v[0],
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+/// Runs the benchmark and prints the figures.
+pub fn run(a: BenchArgs) -> Result<i32> {
+    if a.tiles == 0 {
+        bail!("--tiles must be at least 1");
+    }
+    let (model, cfg) = super::load(&a.run, None)?;
+    let plan = model.plan(cfg.batch, cfg.tile)?;
+    let threads = cfg.threads;
+    let runs_per_thread = a.tiles.div_ceil(cfg.batch * threads).max(1);
+    // Threads start timing together so the timed window measures throughput, not warm-up.
+    let barrier = std::sync::Barrier::new(threads);
+    let per_thread: Vec<Result<(Vec<f64>, Instant, Instant)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let plan = plan.clone();
+                let barrier = &barrier;
+                s.spawn(move || -> Result<(Vec<f64>, Instant, Instant)> {
+                    let mut r = plan.runner()?;
+                    let mut rng = Rng::new(i as u64);
+                    for v in r.input_mut() {
+                        *v = rng.uniform();
+                    }
+                    for _ in 0..a.warmup {
+                        r.run()?;
+                    }
+                    let mut lat = Vec::with_capacity(runs_per_thread);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..runs_per_thread {
+                        let t = Instant::now();
+                        r.run()?;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3 / cfg.batch as f64);
+                    }
+                    Ok((lat, start, Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench worker panicked"))
+            .collect()
+    });
+    let mut lat = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for r in per_thread {
+        let (l, start, end) = r?;
+        lat.extend(l);
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |e| e.max(end)));
+    }
+    let tiles_done = lat.len() * cfg.batch;
+    let window = (last.unwrap() - first.unwrap()).as_secs_f64();
+    let tps = tiles_done as f64 / window.max(1e-9);
+    let s = stats(lat);
+    if a.json {
+        let j = serde_json::json!({
+            "model": model.source,
+            "tile": cfg.tile,
+            "threads": threads,
+            "batch": cfg.batch,
+            "tiles": tiles_done,
+            "ms_per_tile": {"min": s.min, "p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean},
+            "tiles_per_second": tps,
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "model {}  tile {}  batch {}  threads {}  tiles {}",
+            model.source, cfg.tile, cfg.batch, threads, tiles_done
+        );
+        println!(
+            "ms/tile  min {:.2}  p50 {:.2}  p90 {:.2}  p99 {:.2}  mean {:.2}",
+            s.min, s.p50, s.p90, s.p99, s.mean
+        );
+        println!("throughput {tps:.1} tiles/s");
+    }
+    Ok(0)
+}

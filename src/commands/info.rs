@@ -1,0 +1,41 @@
+//! `unet-edge info`: what a model is and how tract runs it.
+
+use crate::RunArgs;
+use anyhow::Result;
+use clap::Args;
+
+/// Options of `info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Prints the model report.
+pub fn run(a: InfoArgs) -> Result<i32> {
+    let (model, cfg) = super::load(&a.run, None)?;
+    let plan = model.plan(cfg.batch, cfg.tile)?;
+    let t = cfg.tile;
+    println!("model:       {}", model.source);
+    println!("input:       f32 [{}, 1, {t}, {t}]", cfg.batch);
+    println!(
+        "output:      f32 [{}, 1, {t}, {t}] ({:?})",
+        cfg.batch, model.meta.output
+    );
+    println!("parameters:  {}", model.parameters());
+    let macs = model.macs_per_tile(t)?;
+    println!("MACs/tile:   {} ({:.1} M)", macs, macs as f64 / 1e6);
+    println!(
+        "tiling:      tile {t}, margin {}, threshold {}",
+        cfg.margin, cfg.threshold
+    );
+    println!("metadata:");
+    for (k, v) in &model.meta.props {
+        println!("  {k} = {v}");
+    }
+    println!("optimized plan operators (count, op, output type):");
+    for (op, dt, n) in plan.op_census() {
+        println!("  {n:4}  {op:<28} {dt}");
+    }
+    Ok(0)
+}

@@ -1,0 +1,31 @@
+//! One module per subcommand; each `run` returns the process exit code.
+
+pub mod bench;
+pub mod info;
+pub mod segment;
+
+use crate::RunArgs;
+use anyhow::Result;
+use unet_edge::model::Model;
+use unet_edge::segmenter::SegmentConfig;
+
+/// Loads the model and resolves the tiling options against its defaults.
+pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConfig)> {
+    let model = Model::load(run.model.as_deref())?;
+    let mut cfg = SegmentConfig::for_model(&model);
+    if let Some(t) = run.tile {
+        cfg.tile = t;
+        if run.margin.is_none() {
+            cfg.margin = unet_edge::segmenter::DEFAULT_MARGIN * t / 128;
+        }
+    }
+    if let Some(m) = run.margin {
+        cfg.margin = m;
+    }
+    if let Some(t) = threshold {
+        cfg.threshold = t;
+    }
+    cfg.batch = run.batch;
+    cfg.threads = run.threads;
+    Ok((model, cfg))
+}

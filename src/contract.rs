@@ -1,0 +1,153 @@
+//! The model contract: what a U-Net ONNX file must look like for unet-edge, and the
+//! `metadata_props` keys by which the trainer tells the runtime how to use it.
+
+use crate::normalize::Normalization;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+
+/// Metadata key: input normalization, see [`Normalization`]'s string form.
+pub const KEY_NORMALIZATION: &str = "unet_edge.normalization";
+/// Metadata key: `probability` (sigmoid applied in the graph) or `logits`.
+pub const KEY_OUTPUT: &str = "unet_edge.output";
+/// Metadata key: default foreground threshold on the probability.
+pub const KEY_THRESHOLD: &str = "unet_edge.threshold";
+/// Metadata key: the tile size the model was trained on.
+pub const KEY_TILE: &str = "unet_edge.tile";
+/// Metadata key: nucleus diameter range in pixels the model expects, e.g. `4-60`.
+pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
+/// Metadata key: the receptive-field-derived margin the runtime uses by default.
+pub const KEY_MARGIN: &str = "unet_edge.margin";
+
+/// What the model's output means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Values in [0, 1].
+    Probability,
+    /// Pre-sigmoid scores; the runtime applies the sigmoid.
+    Logits,
+}
+
+/// How the runtime uses a model, read from its `metadata_props` with sensible defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelMeta {
+    /// Input normalization.
+    pub normalization: Normalization,
+    /// Output meaning.
+    pub output: OutputKind,
+    /// Foreground threshold on the probability.
+    pub threshold: f32,
+    /// Training tile size, when known.
+    pub tile: Option<usize>,
+    /// Default overlap margin, when the producer recorded one.
+    pub margin: Option<usize>,
+    /// All metadata entries, verbatim.
+    pub props: BTreeMap<String, String>,
+}
+
+impl Default for ModelMeta {
+    fn default() -> Self {
+        ModelMeta {
+            normalization: Normalization::default(),
+            output: OutputKind::Probability,
+            threshold: 0.5,
+            tile: None,
+            margin: None,
+            props: BTreeMap::new(),
+        }
+    }
+}
+
+impl ModelMeta {
+    /// Reads the contract keys from metadata entries; a present but malformed key is an error.
+    pub fn from_props(props: BTreeMap<String, String>) -> Result<ModelMeta> {
+        let mut m = ModelMeta::default();
+        if let Some(v) = props.get(KEY_NORMALIZATION) {
+            m.normalization = v
+                .parse()
+                .with_context(|| format!("metadata {KEY_NORMALIZATION}"))?;
+        }
+        if let Some(v) = props.get(KEY_OUTPUT) {
+            m.output = match v.as_str() {
+                "probability" => OutputKind::Probability,
+                "logits" => OutputKind::Logits,
+                other => bail!(
+                    "metadata {KEY_OUTPUT} is {other:?}; expected \"probability\" or \"logits\""
+                ),
+            };
+        }
+        if let Some(v) = props.get(KEY_THRESHOLD) {
+            m.threshold = v
+                .parse::<f32>()
+                .ok()
+                .filter(|t| (0.0..=1.0).contains(t))
+                .with_context(|| format!("metadata {KEY_THRESHOLD} is {v:?}; expected 0..1"))?;
+        }
+        let usize_key = |k: &str| -> Result<Option<usize>> {
+            props
+                .get(k)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .with_context(|| format!("metadata {k} is {v:?}; expected an integer"))
+                })
+                .transpose()
+        };
+        m.tile = usize_key(KEY_TILE)?;
+        m.margin = usize_key(KEY_MARGIN)?;
+        m.props = props;
+        Ok(m)
+    }
+
+    /// The contract keys as metadata entries, merged over `props`.
+    pub fn to_props(&self) -> BTreeMap<String, String> {
+        let mut p = self.props.clone();
+        p.insert(KEY_NORMALIZATION.into(), self.normalization.to_string());
+        p.insert(
+            KEY_OUTPUT.into(),
+            match self.output {
+                OutputKind::Probability => "probability",
+                OutputKind::Logits => "logits",
+            }
+            .into(),
+        );
+        p.insert(KEY_THRESHOLD.into(), self.threshold.to_string());
+        if let Some(t) = self.tile {
+            p.insert(KEY_TILE.into(), t.to_string());
+        }
+        if let Some(m) = self.margin {
+            p.insert(KEY_MARGIN.into(), m.to_string());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_absent_and_round_trip() {
+        let m = ModelMeta::from_props(BTreeMap::new()).unwrap();
+        assert_eq!(m.threshold, 0.5);
+        assert_eq!(m.output, OutputKind::Probability);
+        let mut m2 = m.clone();
+        m2.output = OutputKind::Logits;
+        m2.tile = Some(128);
+        m2.margin = Some(24);
+        let back = ModelMeta::from_props(m2.to_props()).unwrap();
+        assert_eq!(back.output, OutputKind::Logits);
+        assert_eq!(back.tile, Some(128));
+        assert_eq!(back.margin, Some(24));
+    }
+
+    #[test]
+    fn malformed_keys_are_named() {
+        for (k, v) in [
+            (KEY_OUTPUT, "softmax"),
+            (KEY_THRESHOLD, "2"),
+            (KEY_TILE, "big"),
+        ] {
+            let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
+            assert!(format!("{e:#}").contains(k), "{e:#}");
+        }
+    }
+}

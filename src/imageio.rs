@@ -1,0 +1,204 @@
+//! Image files in and out: greyscale loading of PNG/TIFF/JPEG, atomic PNG writing, overlays.
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, ImageBuffer, Luma, Rgb};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A greyscale image of raw intensities (0..255 for 8-bit, 0..65535 for 16-bit files).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrayImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Row-major intensities.
+    pub data: Vec<f32>,
+}
+
+/// File extensions `segment` picks up in directories.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "jpg", "jpeg"];
+
+/// Whether `path` has one of [`IMAGE_EXTENSIONS`].
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Loads an image as greyscale; colour images become the mean of their colour channels, which
+/// keeps full precision for single-stain fluorescence (e.g. DAPI stored in the blue channel).
+pub fn load_gray(path: &Path) -> Result<GrayImage> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: not a readable PNG, TIFF or JPEG image", path.display()))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        bail!("{}: image is empty ({width}x{height})", path.display());
+    }
+    let data: Vec<f32> = match &img {
+        DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| v as f32).collect(),
+        DynamicImage::ImageLuma16(b) => b.as_raw().iter().map(|&v| v as f32).collect(),
+        DynamicImage::ImageLumaA8(b) => b.pixels().map(|p| p.0[0] as f32).collect(),
+        DynamicImage::ImageLumaA16(b) => b.pixels().map(|p| p.0[0] as f32).collect(),
+        DynamicImage::ImageRgb8(b) => b.pixels().map(|p| mean3(p.0.map(f32::from))).collect(),
+        DynamicImage::ImageRgba8(b) => b
+            .pixels()
+            .map(|p| mean3([p.0[0], p.0[1], p.0[2]].map(f32::from)))
+            .collect(),
+        DynamicImage::ImageRgb16(b) => b.pixels().map(|p| mean3(p.0.map(f32::from))).collect(),
+        DynamicImage::ImageRgba16(b) => b
+            .pixels()
+            .map(|p| mean3([p.0[0], p.0[1], p.0[2]].map(f32::from)))
+            .collect(),
+        other => other.to_luma32f().into_raw(),
+    };
+    Ok(GrayImage {
+        width,
+        height,
+        data,
+    })
+}
+
+fn mean3(c: [f32; 3]) -> f32 {
+    (c[0] + c[1] + c[2]) / 3.0
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename, so
+/// a reader never sees a half-written file and a crash leaves the old file intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png)?;
+    Ok(buf.into_inner())
+}
+
+/// Writes an 8-bit greyscale PNG atomically.
+pub fn save_gray8(path: &Path, width: usize, height: usize, data: Vec<u8>) -> Result<()> {
+    let b = ImageBuffer::<Luma<u8>, _>::from_raw(width as u32, height as u32, data)
+        .context("buffer size does not match the image size")?;
+    write_atomic(path, &encode_png(&DynamicImage::ImageLuma8(b))?)
+}
+
+/// Writes a 16-bit greyscale PNG atomically (label images).
+pub fn save_gray16(path: &Path, width: usize, height: usize, data: Vec<u16>) -> Result<()> {
+    let b = ImageBuffer::<Luma<u16>, _>::from_raw(width as u32, height as u32, data)
+        .context("buffer size does not match the image size")?;
+    write_atomic(path, &encode_png(&DynamicImage::ImageLuma16(b))?)
+}
+
+/// Writes an RGB PNG atomically.
+pub fn save_rgb8(path: &Path, img: ImageBuffer<Rgb<u8>, Vec<u8>>) -> Result<()> {
+    write_atomic(path, &encode_png(&DynamicImage::ImageRgb8(img))?)
+}
+
+/// The normalized input as grey with the mask's outlines drawn in yellow.
+pub fn overlay(
+    normalized: &[f32],
+    mask: &[u8],
+    width: usize,
+    height: usize,
+) -> ImageBuffer<Rgb<u8>, Vec<u8>> {
+    let mut img = ImageBuffer::new(width as u32, height as u32);
+    for y in 0..height {
+        for x in 0..width {
+            let i = y * width + x;
+            let g = (normalized[i].clamp(0.0, 1.0) * 255.0) as u8;
+            let on = mask[i] != 0;
+            let edge = on
+                && (x == 0
+                    || y == 0
+                    || x + 1 == width
+                    || y + 1 == height
+                    || mask[i - 1] == 0
+                    || mask[i + 1] == 0
+                    || mask[i - width] == 0
+                    || mask[i + width] == 0);
+            img.put_pixel(
+                x as u32,
+                y as u32,
+                Rgb(if edge { [255, 220, 0] } else { [g, g, g] }),
+            );
+        }
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_8_and_16_bit_and_rgb_mean() {
+        let dir = tempfile::tempdir().unwrap();
+        let p8 = dir.path().join("a.png");
+        save_gray8(&p8, 3, 2, vec![0, 10, 20, 30, 40, 255]).unwrap();
+        let g = load_gray(&p8).unwrap();
+        assert_eq!((g.width, g.height), (3, 2));
+        assert_eq!(g.data, vec![0.0, 10.0, 20.0, 30.0, 40.0, 255.0]);
+        let p16 = dir.path().join("b.png");
+        save_gray16(&p16, 2, 1, vec![1000, 65535]).unwrap();
+        assert_eq!(load_gray(&p16).unwrap().data, vec![1000.0, 65535.0]);
+        let prgb = dir.path().join("c.png");
+        save_rgb8(&prgb, ImageBuffer::from_raw(1, 1, vec![0, 0, 30]).unwrap()).unwrap();
+        assert_eq!(load_gray(&prgb).unwrap().data, vec![10.0]);
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.png");
+        std::fs::write(&p, b"not an image").unwrap();
+        let e = format!("{:#}", load_gray(&p).unwrap_err());
+        assert!(e.contains("bad.png"), "{e}");
+    }
+
+    #[test]
+    fn overlay_marks_outline_only() {
+        let mut mask = vec![0u8; 25];
+        for y in 1..4 {
+            for x in 1..4 {
+                mask[y * 5 + x] = 1;
+            }
+        }
+        let img = overlay(&[0.5; 25], &mask, 5, 5);
+        assert_eq!(img.get_pixel(2, 2).0, [127, 127, 127]);
+        assert_eq!(img.get_pixel(1, 1).0, [255, 220, 0]);
+        assert_eq!(img.get_pixel(0, 0).0, [127, 127, 127]);
+    }
+}

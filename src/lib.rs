@@ -1,0 +1,17 @@
+//! unet-edge: overlap-tile U-Net nuclei segmentation on tract, for microscope cameras on edge boards.
+//!
+//! Data flows one way: frame source → [`normalize`] → [`tiling`] → [`model`] (tract) →
+//! stitched probability map ([`segmenter`]) → mask → sinks ([`imageio`]). The library also owns what
+//! the trainer and the quantizer share: the [`contract`], the [`onnx_writer`], the [`unet`]
+//! architecture, and the synthetic nuclei generator.
+
+pub mod contract;
+pub mod imageio;
+pub mod model;
+pub mod normalize;
+pub mod onnx_writer;
+pub mod rng;
+pub mod segmenter;
+pub mod synth;
+pub mod tiling;
+pub mod unet;

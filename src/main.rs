@@ -1,0 +1,62 @@
+//! The `unet-edge` command line.
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Nuclei segmentation with an overlap-tile U-Net on tract, for microscope cameras and image files.
+#[derive(Parser, Debug)]
+#[command(name = "unet-edge", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Model and tiling options shared by every command that runs the network.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// U-Net ONNX model; defaults to the model embedded in the binary.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Tile side in pixels; defaults to the model's fixed input size, or its training tile, or 128.
+    /// Sizes other than the model's fixed size need a model with dynamic spatial size.
+    #[arg(long, value_name = "T")]
+    pub tile: Option<usize>,
+    /// Context in pixels kept around every output pixel (overlap = 2 x margin); default 24 for
+    /// 128-px tiles, scaled with the tile size.
+    #[arg(long, value_name = "M")]
+    pub margin: Option<usize>,
+    /// Tiles per model run.
+    #[arg(long, value_name = "B", default_value_t = 1)]
+    pub batch: usize,
+    /// Worker threads, each running tiles on its own model state.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Segment image files (PNG, TIFF, JPEG; 8/16-bit grey or RGB) and directories of them.
+    Segment(commands::segment::SegmentArgs),
+    /// Measure latency per tile and throughput of a model after warm-up.
+    Bench(commands::bench::BenchArgs),
+    /// Show a model's shapes, parameters, cost per tile, metadata and optimized operators.
+    Info(commands::info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Segment(a) => commands::segment::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::Info(a) => commands::info::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Loading a U-Net ONNX into tract: contract checks, metadata, and the fixed-shape optimized plan.
+
+use crate::contract::ModelMeta;
+use crate::onnx_writer;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::Cost;
+
+/// The model the binary embeds, when one was present at build time.
+pub fn embedded_model() -> Option<&'static [u8]> {
+    #[cfg(has_default_model)]
+    {
+        Some(include_bytes!(env!("UNET_EDGE_DEFAULT_MODEL")))
+    }
+    #[cfg(not(has_default_model))]
+    {
+        None
+    }
+}
+
+/// A loaded, contract-checked U-Net model, not yet bound to a tile size.
+#[derive(Clone)]
+pub struct Model {
+    /// Where it came from (path, or `<embedded>`).
+    pub source: String,
+    /// Contract metadata.
+    pub meta: ModelMeta,
+    proto: Arc<pb::ModelProto>,
+    /// Declared input dims: `Some(n)` fixed, `None` symbolic.
+    declared_input: Vec<Option<i64>>,
+}
+
+impl Model {
+    /// Loads a model from a file.
+    pub fn from_path(path: &Path) -> Result<Model> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+        Model::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Loads the model named by `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Model> {
+        match path {
+            Some(p) => Model::from_path(p),
+            None => match embedded_model() {
+                Some(bytes) => Model::from_bytes(bytes, "<embedded>"),
+                None => bail!(
+                    "no model: this build embeds no default model, so --model PATH (a U-Net ONNX file) is required"
+                ),
+            },
+        }
+    }
+
+    /// Loads a model from ONNX bytes; `source` names it in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Model> {
+        let proto =
+            onnx_writer::decode(bytes).with_context(|| format!("loading model {source}"))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow!("model {source}: ONNX file has no graph"))?;
+        let init: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<&pb::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !init.contains(i.name.as_str()))
+            .collect();
+        if inputs.len() != 1 {
+            bail!(
+                "model {source}: has {} inputs ({}); expected exactly one image input [N,1,H,W]",
+                inputs.len(),
+                inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if graph.output.len() != 1 {
+            bail!(
+                "model {source}: has {} outputs; expected exactly one probability map [N,1,H,W]",
+                graph.output.len()
+            );
+        }
+        let declared_input = declared_dims(inputs[0]);
+        if !declared_input.is_empty() {
+            if declared_input.len() != 4 {
+                bail!(
+                    "model {source}: input {:?} has rank {}; expected rank 4 [N,1,H,W]",
+                    inputs[0].name,
+                    declared_input.len()
+                );
+            }
+            if let Some(c) = declared_input[1] {
+                if c != 1 {
+                    bail!(
+                        "model {source}: input has {c} channels; expected 1 (greyscale) [N,1,H,W]"
+                    );
+                }
+            }
+        }
+        let props: BTreeMap<String, String> = proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        let meta = ModelMeta::from_props(props).with_context(|| format!("model {source}"))?;
+        Ok(Model {
+            source: source.to_string(),
+            meta,
+            proto: Arc::new(proto),
+            declared_input,
+        })
+    }
+
+    /// The decoded ONNX proto.
+    pub fn proto(&self) -> &pb::ModelProto {
+        &self.proto
+    }
+
+    /// The tile size to use when the user gives none: the fixed input size, else the trained one, else 128.
+    pub fn default_tile(&self) -> usize {
+        match (
+            self.declared_input.get(2).copied().flatten(),
+            self.meta.tile,
+        ) {
+            (Some(h), _) => h as usize,
+            (None, Some(t)) => t,
+            (None, None) => 128,
+        }
+    }
+
+    /// Parameter count over float initializers.
+    pub fn parameters(&self) -> usize {
+        let g = self.proto.graph.as_ref().expect("checked at load");
+        g.initializer
+            .iter()
+            .map(|t| t.dims.iter().product::<i64>().max(1) as usize)
+            .sum()
+    }
+
+    /// The typed model for `[batch,1,tile,tile]` input, decluttered (not yet optimized).
+    pub fn typed(&self, batch: usize, tile: usize) -> Result<TypedModel> {
+        if batch == 0 || tile == 0 {
+            bail!("batch and tile must be at least 1 (got batch {batch}, tile {tile})");
+        }
+        for (axis, what) in [(2usize, "height"), (3, "width")] {
+            if let Some(Some(d)) = self.declared_input.get(axis) {
+                if *d as usize != tile {
+                    bail!(
+                        "model {} has a fixed input {what} of {d}; --tile {tile} needs a model with dynamic spatial size (use --tile {d})",
+                        self.source
+                    );
+                }
+            }
+        }
+        if let Some(Some(b)) = self.declared_input.first() {
+            if *b as usize != batch {
+                bail!(
+                    "model {} has a fixed batch of {b}; use --batch {b}",
+                    self.source
+                );
+            }
+        }
+        let model = tract_onnx::onnx()
+            .model_for_proto_model(&self.proto)
+            .with_context(|| format!("model {}: tract could not read the graph", self.source))?
+            .with_input_fact(0, f32::fact([batch, 1, tile, tile]).into())?
+            .into_typed()
+            .with_context(|| {
+                format!(
+                    "model {}: shapes do not resolve for a {tile}x{tile} tile",
+                    self.source
+                )
+            })?
+            .into_decluttered()?;
+        let out = model.output_fact(0)?;
+        let want: TVec<TDim> = [batch, 1, tile, tile].iter().map(|&d| d.into()).collect();
+        if out.shape.to_tvec() != want || out.datum_type != f32::datum_type() {
+            bail!(
+                "model {}: output for a {tile}x{tile} tile is {:?} {:?}; expected f32 [{batch},1,{tile},{tile}] (one channel of the input's size)",
+                self.source,
+                out.datum_type,
+                out.shape
+            );
+        }
+        Ok(model)
+    }
+
+    /// The optimized, runnable plan for `[batch,1,tile,tile]` input.
+    pub fn plan(&self, batch: usize, tile: usize) -> Result<TilePlan> {
+        let typed = self.typed(batch, tile)?;
+        let optimized = typed
+            .into_optimized()
+            .with_context(|| format!("optimizing model {}", self.source))?;
+        let plan = optimized.into_runnable_with_options(&RunOptions::default())?;
+        Ok(TilePlan { plan, batch, tile })
+    }
+
+    /// Multiply-accumulates per tile, from tract's own cost model.
+    pub fn macs_per_tile(&self, tile: usize) -> Result<u64> {
+        let typed = self.typed(1, tile)?;
+        let mut macs = 0u64;
+        for node in typed.nodes() {
+            let inputs = typed.node_input_facts(node.id)?;
+            for (cost, n) in node.op.cost(&inputs)? {
+                if let Cost::FMA(_) = cost {
+                    macs += n.to_i64().unwrap_or(0) as u64;
+                }
+            }
+        }
+        Ok(macs)
+    }
+}
+
+fn declared_dims(v: &pb::ValueInfoProto) -> Vec<Option<i64>> {
+    use pb::tensor_shape_proto::dimension::Value;
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return vec![];
+    };
+    let Some(shape) = t.shape.as_ref() else {
+        return vec![];
+    };
+    shape
+        .dim
+        .iter()
+        .map(|d| match d.value {
+            Some(Value::DimValue(n)) if n > 0 => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An optimized plan for a fixed `[batch,1,tile,tile]` input; spawn one [`TileRunner`] per thread.
+#[derive(Clone)]
+pub struct TilePlan {
+    plan: Arc<TypedSimplePlan>,
+    /// Tiles per run.
+    pub batch: usize,
+    /// Tile side.
+    pub tile: usize,
+}
+
+impl TilePlan {
+    /// A runner with its own tract state and input buffer.
+    pub fn runner(&self) -> Result<TileRunner> {
+        let state = self.plan.spawn()?;
+        let input = Arc::new(Tensor::zero::<f32>(&[self.batch, 1, self.tile, self.tile])?);
+        Ok(TileRunner {
+            state,
+            input,
+            output: None,
+            batch: self.batch,
+            tile: self.tile,
+        })
+    }
+
+    /// The optimized model behind the plan.
+    pub fn model(&self) -> &TypedModel {
+        self.plan.model()
+    }
+
+    /// Optimized-plan operators counted by (operator, output datum type), most frequent first.
+    pub fn op_census(&self) -> Vec<(String, String, usize)> {
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for node in self.model().nodes() {
+            let op = node.op.name().to_string();
+            if op == "Source" || op == "Const" {
+                continue;
+            }
+            let dt = node
+                .outputs
+                .first()
+                .map(|o| format!("{:?}", o.fact.datum_type))
+                .unwrap_or_default();
+            *counts.entry((op, dt)).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().map(|((o, d), n)| (o, d, n)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// Runs batches of tiles through one tract state, reusing its input tensor.
+pub struct TileRunner {
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    output: Option<TValue>,
+    /// Tiles per run.
+    pub batch: usize,
+    /// Tile side.
+    pub tile: usize,
+}
+
+impl TileRunner {
+    /// The `[batch,1,tile,tile]` input buffer to fill before [`TileRunner::run`].
+    pub fn input_mut(&mut self) -> &mut [f32] {
+        // Dropping the previous output first releases tract's last reference to our input.
+        self.output = None;
+        let t = Arc::get_mut(&mut self.input).expect("tract released the input after the run");
+        t.to_plain_array_view_mut::<f32>()
+            .ok()
+            .and_then(|v| v.into_slice())
+            .expect("input is a contiguous f32 tensor")
+    }
+
+    /// Runs the model on the input buffer; the output is `[batch,1,tile,tile]`.
+    pub fn run(&mut self) -> Result<&[f32]> {
+        self.output = None;
+        let mut outputs = self
+            .state
+            .run(tvec!(TValue::from_const(self.input.clone())))?;
+        let out = outputs
+            .pop()
+            .ok_or_else(|| anyhow!("model produced no output"))?;
+        drop(outputs);
+        self.output = Some(out);
+        let out = self.output.as_ref().expect("just set");
+        out.to_plain_array_view::<f32>()?
+            .to_slice()
+            .ok_or_else(|| anyhow!("model output is not a contiguous f32 tensor"))
+    }
+}

@@ -1,0 +1,275 @@
+//! The frame engine: normalization → tiles → tract → stitched probability map → mask.
+//!
+//! Buffers are sized on the first frame of a given size and reused; a frame of the same size
+//! afterwards allocates nothing in this module (see the counting-allocator test in `tests/`).
+
+use crate::contract::{ModelMeta, OutputKind};
+use crate::model::{Model, TilePlan, TileRunner};
+use crate::tiling::TileGrid;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// Default overlap margin for 128-px tiles, chosen from the measured seam-error curve of the seed
+/// U-Net (see README, "Choosing the margin").
+pub const DEFAULT_MARGIN: usize = 24;
+
+/// How frames are cut and run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SegmentConfig {
+    /// Tile side (input of the model).
+    pub tile: usize,
+    /// Context kept around every output pixel.
+    pub margin: usize,
+    /// Tiles per model run.
+    pub batch: usize,
+    /// Worker threads, each with its own tract state.
+    pub threads: usize,
+    /// Foreground threshold on the probability.
+    pub threshold: f32,
+}
+
+impl SegmentConfig {
+    /// Defaults for a model: its tile size, a margin scaled from [`DEFAULT_MARGIN`], batch 1, 1 thread.
+    pub fn for_model(model: &Model) -> SegmentConfig {
+        let tile = model.default_tile();
+        SegmentConfig {
+            tile,
+            margin: model.meta.margin.unwrap_or(DEFAULT_MARGIN * tile / 128),
+            batch: 1,
+            threads: 1,
+            threshold: model.meta.threshold,
+        }
+    }
+}
+
+/// Timing of one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FrameTiming {
+    /// Tiles run.
+    pub tiles: usize,
+    /// Wall time of the whole frame (normalize, tiles, stitch, mask), ms.
+    pub frame_ms: f32,
+    /// Mean model time per tile, ms.
+    pub ms_per_tile: f32,
+    /// Median model time per tile, ms.
+    pub ms_per_tile_p50: f32,
+    /// Slowest tile, ms.
+    pub ms_per_tile_max: f32,
+}
+
+/// Runs a U-Net over whole frames of any size.
+pub struct Segmenter {
+    meta: ModelMeta,
+    cfg: SegmentConfig,
+    runners: Vec<TileRunner>,
+    grid: Option<TileGrid>,
+    normalized: Vec<f32>,
+    scratch: Vec<f32>,
+    prob: Vec<f32>,
+    mask: Vec<u8>,
+    tile_ms: Vec<f32>,
+}
+
+/// A raw pointer that worker threads share; each writes only the disjoint rectangles its tiles own.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32, *mut f32);
+// SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl Segmenter {
+    /// Builds the optimized plan and one runner per thread.
+    pub fn new(model: &Model, cfg: SegmentConfig) -> Result<Segmenter> {
+        if cfg.threads == 0 || cfg.batch == 0 {
+            bail!("--threads and --batch must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&cfg.threshold) {
+            bail!("threshold {} is outside 0..1", cfg.threshold);
+        }
+        if 2 * cfg.margin >= cfg.tile {
+            bail!(
+                "margin {} is too large for tile {}: need 2 x margin < tile",
+                cfg.margin,
+                cfg.tile
+            );
+        }
+        let plan: TilePlan = model.plan(cfg.batch, cfg.tile)?;
+        let runners = (0..cfg.threads)
+            .map(|_| plan.runner())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Segmenter {
+            meta: model.meta.clone(),
+            cfg,
+            runners,
+            grid: None,
+            normalized: Vec::new(),
+            scratch: Vec::new(),
+            prob: Vec::new(),
+            mask: Vec::new(),
+            tile_ms: Vec::new(),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SegmentConfig {
+        &self.cfg
+    }
+
+    /// Sizes every buffer for `width`x`height` frames (done on demand by [`Segmenter::segment`]).
+    pub fn prepare(&mut self, width: usize, height: usize) -> Result<&TileGrid> {
+        let fresh = match &self.grid {
+            Some(g) => g.width != width || g.height != height,
+            None => true,
+        };
+        if fresh {
+            let grid = TileGrid::new(width, height, self.cfg.tile, self.cfg.margin)?;
+            let n = width * height;
+            self.normalized.resize(n, 0.0);
+            self.prob.resize(n, 0.0);
+            self.mask.resize(n, 0);
+            self.tile_ms.resize(grid.len(), 0.0);
+            self.scratch
+                .reserve(crate::normalize::MAX_PERCENTILE_SAMPLES.min(n));
+            self.grid = Some(grid);
+        }
+        Ok(self.grid.as_ref().expect("just set"))
+    }
+
+    /// Segments one frame of raw intensities (row-major); results stay in the segmenter.
+    pub fn segment(&mut self, frame: &[f32], width: usize, height: usize) -> Result<FrameTiming> {
+        if frame.len() != width * height {
+            bail!(
+                "frame buffer holds {} values, expected {width}x{height}",
+                frame.len()
+            );
+        }
+        let t0 = Instant::now();
+        self.prepare(width, height)?;
+        self.meta
+            .normalization
+            .apply(frame, &mut self.normalized, &mut self.scratch);
+        self.run_tiles()?;
+        if self.meta.output == OutputKind::Logits {
+            for p in &mut self.prob {
+                *p = 1.0 / (1.0 + (-*p).exp());
+            }
+        }
+        let thr = self.cfg.threshold;
+        for (m, p) in self.mask.iter_mut().zip(&self.prob) {
+            *m = u8::from(*p > thr);
+        }
+        let frame_ms = t0.elapsed().as_secs_f32() * 1e3;
+        Ok(self.timing(frame_ms))
+    }
+
+    fn run_tiles(&mut self) -> Result<()> {
+        let grid = self.grid.as_ref().expect("prepared");
+        let n = grid.len();
+        let threads = self.runners.len().min(n.div_ceil(self.cfg.batch)).max(1);
+        let per = n.div_ceil(threads);
+        let out = SharedOut(self.prob.as_mut_ptr(), self.tile_ms.as_mut_ptr());
+        let normalized = &self.normalized;
+        if threads == 1 {
+            return run_range(&mut self.runners[0], grid, normalized, 0..n, out);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self.runners[..threads]
+                .iter_mut()
+                .enumerate()
+                .map(|(i, r)| {
+                    let range = (i * per).min(n)..((i + 1) * per).min(n);
+                    s.spawn(move || run_range(r, grid, normalized, range, out))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("tile worker panicked"))
+        })
+    }
+
+    fn timing(&mut self, frame_ms: f32) -> FrameTiming {
+        let tiles = self.tile_ms.len();
+        if tiles == 0 {
+            return FrameTiming {
+                frame_ms,
+                ..Default::default()
+            };
+        }
+        let mean = self.tile_ms.iter().sum::<f32>() / tiles as f32;
+        let max = self.tile_ms.iter().copied().fold(0.0, f32::max);
+        // Sorting in place is fine: the slots are rewritten on every frame.
+        self.tile_ms.sort_unstable_by(f32::total_cmp);
+        let p50 = self.tile_ms[tiles / 2];
+        FrameTiming {
+            tiles,
+            frame_ms,
+            ms_per_tile: mean,
+            ms_per_tile_p50: p50,
+            ms_per_tile_max: max,
+        }
+    }
+
+    /// The stitched probability map of the last frame.
+    pub fn prob(&self) -> &[f32] {
+        &self.prob
+    }
+
+    /// The binary mask (0/1) of the last frame.
+    pub fn mask(&self) -> &[u8] {
+        &self.mask
+    }
+
+    /// The normalized input of the last frame.
+    pub fn normalized(&self) -> &[f32] {
+        &self.normalized
+    }
+
+    /// The tile grid of the current frame size.
+    pub fn grid(&self) -> Option<&TileGrid> {
+        self.grid.as_ref()
+    }
+
+    /// Fraction of pixels above the threshold in the last frame.
+    pub fn foreground_fraction(&self) -> f32 {
+        if self.mask.is_empty() {
+            return 0.0;
+        }
+        self.mask.iter().map(|&m| m as usize).sum::<usize>() as f32 / self.mask.len() as f32
+    }
+}
+
+/// Runs tiles `range` of the grid through one runner, writing owned outputs and timings.
+fn run_range(
+    runner: &mut TileRunner,
+    grid: &TileGrid,
+    frame: &[f32],
+    range: std::ops::Range<usize>,
+    out: SharedOut,
+) -> Result<()> {
+    let tt = grid.tile * grid.tile;
+    let batch = runner.batch;
+    let mut k = range.start;
+    while k < range.end {
+        let m = batch.min(range.end - k);
+        let input = runner.input_mut();
+        for j in 0..m {
+            grid.gather(frame, k + j, &mut input[j * tt..(j + 1) * tt]);
+        }
+        let t0 = Instant::now();
+        let output = runner.run()?;
+        let ms = t0.elapsed().as_secs_f32() * 1e3 / m as f32;
+        for j in 0..m {
+            let src = &output[j * tt..(j + 1) * tt];
+            let (t, w) = (grid.tile, grid.width);
+            grid.for_owned_rows(k + j, |fy, fx, ty, tx, len| {
+                // SAFETY: tile k+j owns this row segment exclusively (see SharedOut).
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(fy * w + fx), len) };
+                dst.copy_from_slice(&src[ty * t + tx..ty * t + tx + len]);
+            });
+            // SAFETY: one timing slot per tile, written by the tile's only worker.
+            unsafe { *out.1.add(k + j) = ms };
+        }
+        k += m;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The seed U-Net architecture (Ronneberger 2015, sized as in the Keras DSB2018 tutorial) as plain
+//! data: layer shapes, weights, and its ONNX graph. The trainer fills the weights; this module
+//! writes them, so training and the edge runtime agree on one layer order.
+
+use crate::contract::ModelMeta;
+use crate::onnx_writer::{ConvSpec, Dim, ElemType, GraphBuilder};
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+use tract_onnx::pb;
+
+/// Shape of the U-Net: `base` filters at full resolution, doubled at each of `depth` levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UNetSpec {
+    /// Filters of the first encoder level (16 in the seed: 16-32-64-128, bottleneck 256).
+    pub base: usize,
+    /// Number of 2x down-sampling steps (4 in the seed).
+    pub depth: usize,
+}
+
+impl Default for UNetSpec {
+    fn default() -> Self {
+        UNetSpec { base: 16, depth: 4 }
+    }
+}
+
+/// One convolution's shape and parameters (weights OIHW, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvLayer {
+    /// Stable layer name, e.g. `enc0.conv1`.
+    pub name: String,
+    /// Output channels.
+    pub out_ch: usize,
+    /// Input channels.
+    pub in_ch: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// OIHW weights.
+    pub weight: Vec<f32>,
+    /// One bias per output channel.
+    pub bias: Vec<f32>,
+}
+
+/// A complete set of U-Net weights in the canonical layer order of [`UNetSpec::layer_shapes`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetWeights {
+    /// Architecture.
+    pub spec: UNetSpec,
+    /// Layers in canonical order.
+    pub layers: Vec<ConvLayer>,
+}
+
+impl UNetSpec {
+    /// Channels at level `l` (0 = full resolution, `depth` = bottleneck).
+    pub fn channels(&self, l: usize) -> usize {
+        self.base << l
+    }
+
+    /// (name, out, in, kernel) of every convolution in the order the graph uses them.
+    pub fn layer_shapes(&self) -> Vec<(String, usize, usize, usize)> {
+        let mut v = Vec::new();
+        let mut cin = 1;
+        for l in 0..self.depth {
+            let c = self.channels(l);
+            v.push((format!("enc{l}.conv1"), c, cin, 3));
+            v.push((format!("enc{l}.conv2"), c, c, 3));
+            cin = c;
+        }
+        let cb = self.channels(self.depth);
+        v.push(("mid.conv1".into(), cb, cin, 3));
+        v.push(("mid.conv2".into(), cb, cb, 3));
+        let mut below = cb;
+        for l in (0..self.depth).rev() {
+            let c = self.channels(l);
+            // Nearest upsampling keeps the channels below; the skip adds c more.
+            v.push((format!("dec{l}.conv1"), c, below + c, 3));
+            v.push((format!("dec{l}.conv2"), c, c, 3));
+            below = c;
+        }
+        v.push(("head".into(), 1, self.base, 1));
+        v
+    }
+
+    /// Multiply-accumulates of one forward pass on a `size`x`size` single-channel input.
+    pub fn macs(&self, size: usize) -> u64 {
+        let names = self.layer_shapes();
+        names
+            .iter()
+            .map(|(name, o, i, k)| {
+                let level = level_of(name, self.depth);
+                let s = (size >> level) as u64;
+                s * s * (*o * *i * k * k) as u64
+            })
+            .sum()
+    }
+
+    /// Side of the smallest input the net accepts: sizes must be multiples of `2^depth`.
+    pub fn size_multiple(&self) -> usize {
+        1 << self.depth
+    }
+
+    /// Seeded He-normal weights and zero biases, as a freshly initialised network has.
+    pub fn random_weights(&self, seed: u64) -> UNetWeights {
+        let mut rng = Rng::new(seed);
+        let layers = self
+            .layer_shapes()
+            .into_iter()
+            .map(|(name, out_ch, in_ch, kernel)| {
+                let fan_in = (in_ch * kernel * kernel) as f32;
+                let std = (2.0 / fan_in).sqrt();
+                let weight = (0..out_ch * in_ch * kernel * kernel)
+                    .map(|_| rng.normal() * std)
+                    .collect();
+                let bias = (0..out_ch).map(|_| 0.05 * rng.normal()).collect();
+                ConvLayer {
+                    name,
+                    out_ch,
+                    in_ch,
+                    kernel,
+                    weight,
+                    bias,
+                }
+            })
+            .collect();
+        UNetWeights {
+            spec: *self,
+            layers,
+        }
+    }
+
+    /// Number of parameters.
+    pub fn parameters(&self) -> usize {
+        self.layer_shapes()
+            .iter()
+            .map(|(_, o, i, k)| o * i * k * k + o)
+            .sum()
+    }
+}
+
+/// Resolution level (number of 2x downsamplings) at which a named layer runs.
+fn level_of(name: &str, depth: usize) -> usize {
+    if name.starts_with("mid") {
+        return depth;
+    }
+    if name == "head" {
+        return 0;
+    }
+    name[3..4].parse().unwrap_or(0)
+}
+
+impl UNetWeights {
+    /// Checks every layer against the spec's shapes.
+    pub fn validate(&self) -> Result<()> {
+        let shapes = self.spec.layer_shapes();
+        if shapes.len() != self.layers.len() {
+            bail!(
+                "U-Net {:?} has {} layers, weights give {}",
+                self.spec,
+                shapes.len(),
+                self.layers.len()
+            );
+        }
+        for ((name, o, i, k), l) in shapes.iter().zip(&self.layers) {
+            if l.name != *name || l.out_ch != *o || l.in_ch != *i || l.kernel != *k {
+                bail!(
+                    "layer {}: expected {name} {o}x{i}x{k}x{k}, got {} {}x{}x{}x{}",
+                    l.name,
+                    l.name,
+                    l.out_ch,
+                    l.in_ch,
+                    l.kernel,
+                    l.kernel
+                );
+            }
+            if l.weight.len() != o * i * k * k || l.bias.len() != *o {
+                bail!("layer {name}: weight or bias length does not match {o}x{i}x{k}x{k}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The ONNX model: input `input` [N,1,H,W] (symbolic), output `prob` [N,1,H,W], sigmoid applied.
+    pub fn to_onnx(&self, meta: &ModelMeta) -> Result<pb::ModelProto> {
+        self.validate()?;
+        let mut g = GraphBuilder::new("unet");
+        let shape = [
+            Dim::Symbol("N".into()),
+            Dim::Fixed(1),
+            Dim::Symbol("H".into()),
+            Dim::Symbol("W".into()),
+        ];
+        let mut x = g.input("input", ElemType::F32, &shape);
+        let mut layers = self.layers.iter();
+        let mut conv_relu = |g: &mut GraphBuilder, x: &str| -> Result<String> {
+            let l = layers.next().expect("validated layer count");
+            let w = g.init_f32(
+                &format!("{}.weight", l.name),
+                &[l.out_ch, l.in_ch, l.kernel, l.kernel],
+                &l.weight,
+            )?;
+            let b = g.init_f32(&format!("{}.bias", l.name), &[l.out_ch], &l.bias)?;
+            let y = g.conv(x, &w, Some(&b), ConvSpec::same(l.kernel));
+            Ok(if l.name == "head" { y } else { g.relu(&y) })
+        };
+        let mut skips = Vec::new();
+        for _ in 0..self.spec.depth {
+            x = conv_relu(&mut g, &x)?;
+            x = conv_relu(&mut g, &x)?;
+            skips.push(x.clone());
+            x = g.maxpool2(&x);
+        }
+        x = conv_relu(&mut g, &x)?;
+        x = conv_relu(&mut g, &x)?;
+        for skip in skips.iter().rev() {
+            let up = g.upsample2_nearest(&x)?;
+            x = g.concat_channels(&[&up, skip]);
+            x = conv_relu(&mut g, &x)?;
+            x = conv_relu(&mut g, &x)?;
+        }
+        let logits = conv_relu(&mut g, &x)?;
+        let prob = g.sigmoid(&logits);
+        // Rename the last node's output to a stable name tools can rely on.
+        let mut model = {
+            g.output(&prob, ElemType::F32, &shape);
+            for (k, v) in meta.to_props() {
+                g.metadata(&k, &v);
+            }
+            g.metadata(
+                "unet_edge.architecture",
+                &format!("unet base={} depth={}", self.spec.base, self.spec.depth),
+            );
+            g.finish()
+        };
+        rename_value(&mut model, &prob, "prob");
+        Ok(model)
+    }
+}
+
+/// Renames a value everywhere it appears in the graph.
+fn rename_value(model: &mut pb::ModelProto, from: &str, to: &str) {
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    for n in &mut graph.node {
+        for s in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if s == from {
+                *s = to.to_string();
+            }
+        }
+    }
+    for v in &mut graph.output {
+        if v.name == from {
+            v.name = to.to_string();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod reference {
+    //! A direct, obviously-correct evaluation of the U-Net, to check what tract computes.
+    use super::*;
+
+    /// A CHW tensor.
+    pub struct Chw {
+        pub c: usize,
+        pub h: usize,
+        pub w: usize,
+        pub d: Vec<f32>,
+    }
+
+    fn conv(x: &Chw, l: &ConvLayer, relu: bool) -> Chw {
+        let (h, w, k) = (x.h, x.w, l.kernel);
+        let p = (k / 2) as isize;
+        let mut d = vec![0.0f32; l.out_ch * h * w];
+        for o in 0..l.out_ch {
+            for yy in 0..h {
+                for xx in 0..w {
+                    let mut acc = l.bias[o] as f64;
+                    for i in 0..l.in_ch {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let sy = yy as isize + ky as isize - p;
+                                let sx = xx as isize + kx as isize - p;
+                                if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                    continue;
+                                }
+                                let wv = l.weight[((o * l.in_ch + i) * k + ky) * k + kx];
+                                acc += (wv * x.d[(i * h + sy as usize) * w + sx as usize]) as f64;
+                            }
+                        }
+                    }
+                    let v = acc as f32;
+                    d[(o * h + yy) * w + xx] = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
+        Chw {
+            c: l.out_ch,
+            h,
+            w,
+            d,
+        }
+    }
+
+    fn pool(x: &Chw) -> Chw {
+        let (h, w) = (x.h / 2, x.w / 2);
+        let mut d = vec![0.0; x.c * h * w];
+        for c in 0..x.c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let at = |dy, dx| x.d[(c * x.h + 2 * y + dy) * x.w + 2 * xx + dx];
+                    d[(c * h + y) * w + xx] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                }
+            }
+        }
+        Chw { c: x.c, h, w, d }
+    }
+
+    fn up_concat(x: &Chw, skip: &Chw) -> Chw {
+        let (h, w) = (skip.h, skip.w);
+        let mut d = Vec::with_capacity((x.c + skip.c) * h * w);
+        for c in 0..x.c {
+            for y in 0..h {
+                for xx in 0..w {
+                    d.push(x.d[(c * x.h + y / 2) * x.w + xx / 2]);
+                }
+            }
+        }
+        d.extend_from_slice(&skip.d);
+        Chw {
+            c: x.c + skip.c,
+            h,
+            w,
+            d,
+        }
+    }
+
+    /// Probability map of a single-channel `h`x`w` image.
+    pub fn forward(wts: &UNetWeights, img: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let mut it = wts.layers.iter();
+        let mut x = Chw {
+            c: 1,
+            h,
+            w,
+            d: img.to_vec(),
+        };
+        let mut skips = Vec::new();
+        for _ in 0..wts.spec.depth {
+            x = conv(&x, it.next().unwrap(), true);
+            x = conv(&x, it.next().unwrap(), true);
+            let p = pool(&x);
+            skips.push(x);
+            x = p;
+        }
+        x = conv(&x, it.next().unwrap(), true);
+        x = conv(&x, it.next().unwrap(), true);
+        for skip in skips.iter().rev() {
+            x = up_concat(&x, skip);
+            x = conv(&x, it.next().unwrap(), true);
+            x = conv(&x, it.next().unwrap(), true);
+        }
+        let y = conv(&x, it.next().unwrap(), false);
+        y.d.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx_writer;
+    use tract_onnx::prelude::*;
+
+    #[test]
+    fn seed_shapes_and_cost() {
+        let s = UNetSpec::default();
+        let shapes = s.layer_shapes();
+        assert_eq!(shapes.len(), 19);
+        assert_eq!(shapes[8], ("mid.conv1".to_string(), 256, 128, 3));
+        assert_eq!(shapes[16], ("dec0.conv1".to_string(), 16, 48, 3));
+        // ~870 M MAC per 128x128 tile for this architecture.
+        let macs = s.macs(128);
+        assert!((860_000_000..880_000_000).contains(&macs), "{macs}");
+    }
+
+    #[test]
+    fn written_unet_runs_in_tract_and_matches_direct_evaluation() {
+        let spec = UNetSpec::default();
+        let wts = spec.random_weights(42);
+        let bytes = onnx_writer::encode(&wts.to_onnx(&ModelMeta::default()).unwrap());
+        let (h, w) = (32, 48);
+        let mut rng = Rng::new(1);
+        let img: Vec<f32> = (0..h * w).map(|_| rng.uniform()).collect();
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 1, h, w]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable_with_options(&Default::default())
+            .unwrap();
+        let input = Tensor::from_shape(&[1, 1, h, w], &img).unwrap();
+        let out = model.run(tvec!(input.into())).unwrap().remove(0);
+        let view = out.to_plain_array_view::<f32>().unwrap();
+        let got = view.as_slice().unwrap();
+        let want = reference::forward(&wts, &img, h, w);
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max <= 1e-4, "max abs diff {max}");
+        // The output must not be a constant, or the comparison proves little.
+        let spread = want.iter().copied().fold(f32::MIN, f32::max)
+            - want.iter().copied().fold(f32::MAX, f32::min);
+        assert!(spread > 0.01, "{spread}");
+    }
+
+    #[test]
+    fn validate_rejects_wrong_shapes() {
+        let mut w = UNetSpec { base: 4, depth: 2 }.random_weights(0);
+        w.layers[1].weight.pop();
+        assert!(w.validate().is_err());
+        w.layers.pop();
+        assert!(w.validate().is_err());
+    }
+}

@@ -7,6 +7,8 @@
 
 pub mod contract;
 pub mod imageio;
+pub mod instances;
+pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod onnx_writer;

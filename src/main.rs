@@ -41,6 +41,8 @@ enum Command {
     Segment(commands::segment::SegmentArgs),
     /// Measure latency per tile and throughput of a model after warm-up.
     Bench(commands::bench::BenchArgs),
+    /// Score predictions against ground truth: pixel Dice/IoU, instance F1 and the DSB2018 score.
+    Eval(commands::eval::EvalArgs),
     /// Show a model's shapes, parameters, cost per tile, metadata and optimized operators.
     Info(commands::info::InfoArgs),
 }
@@ -51,6 +53,7 @@ fn main() {
         Command::Segment(a) => commands::segment::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Info(a) => commands::info::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

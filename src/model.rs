@@ -202,6 +202,46 @@ impl Model {
         Ok(TilePlan { plan, batch, tile })
     }
 
+    /// Reference run on a whole frame at once (no tiling): mirrors `pad` pixels onto every side,
+    /// rounds the padded size up to a multiple of `multiple`, runs, and crops back. Slow and
+    /// allocating; for measuring what tiling changes, not for the frame loop.
+    pub fn run_whole(
+        &self,
+        frame: &[f32],
+        w: usize,
+        h: usize,
+        pad: usize,
+        multiple: usize,
+    ) -> Result<Vec<f32>> {
+        use crate::tiling::reflect;
+        let m = multiple.max(1);
+        let pw = (w + 2 * pad).div_ceil(m) * m;
+        let ph = (h + 2 * pad).div_ceil(m) * m;
+        let mut padded = vec![0.0f32; pw * ph];
+        for y in 0..ph {
+            for x in 0..pw {
+                padded[y * pw + x] = frame[reflect(y as isize - pad as isize, h) * w
+                    + reflect(x as isize - pad as isize, w)];
+            }
+        }
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(&self.proto)?
+            .with_input_fact(0, f32::fact([1, 1, ph, pw]).into())?
+            .into_optimized()?
+            .into_runnable_with_options(&RunOptions::default())?;
+        let input = Tensor::from_shape(&[1, 1, ph, pw], &padded)?;
+        let out = plan.run(tvec!(input.into()))?.remove(0);
+        let view = out.to_plain_array_view::<f32>()?;
+        let o = view
+            .as_slice()
+            .ok_or_else(|| anyhow!("output is not contiguous"))?;
+        let mut crop = Vec::with_capacity(w * h);
+        for y in 0..h {
+            crop.extend_from_slice(&o[(y + pad) * pw + pad..(y + pad) * pw + pad + w]);
+        }
+        Ok(crop)
+    }
+
     /// Multiply-accumulates per tile, from tract's own cost model.
     pub fn macs_per_tile(&self, tile: usize) -> Result<u64> {
         let typed = self.typed(1, tile)?;

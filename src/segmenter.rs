@@ -57,11 +57,34 @@ pub struct FrameTiming {
     pub ms_per_tile_max: f32,
 }
 
+/// Something that maps a batch of tiles to a batch of probability tiles: tract's runner in the
+/// product, a plain-Rust stand-in where a test must count only this module's allocations.
+pub trait TileBackend: Send {
+    /// Tiles per run.
+    fn batch(&self) -> usize;
+    /// The `[batch,1,tile,tile]` input buffer to fill.
+    fn input_mut(&mut self) -> &mut [f32];
+    /// Runs the batch; the output has the input's shape.
+    fn run(&mut self) -> Result<&[f32]>;
+}
+
+impl TileBackend for TileRunner {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn input_mut(&mut self) -> &mut [f32] {
+        TileRunner::input_mut(self)
+    }
+    fn run(&mut self) -> Result<&[f32]> {
+        TileRunner::run(self)
+    }
+}
+
 /// Runs a U-Net over whole frames of any size.
-pub struct Segmenter {
+pub struct Segmenter<B: TileBackend = TileRunner> {
     meta: ModelMeta,
     cfg: SegmentConfig,
-    runners: Vec<TileRunner>,
+    runners: Vec<B>,
     grid: Option<TileGrid>,
     normalized: Vec<f32>,
     scratch: Vec<f32>,
@@ -77,28 +100,54 @@ struct SharedOut(*mut f32, *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-impl Segmenter {
-    /// Builds the optimized plan and one runner per thread.
-    pub fn new(model: &Model, cfg: SegmentConfig) -> Result<Segmenter> {
-        if cfg.threads == 0 || cfg.batch == 0 {
+impl SegmentConfig {
+    /// Checks the options against each other; errors name the offending option.
+    pub fn validate(&self) -> Result<()> {
+        if self.tile == 0 {
+            bail!("--tile must be at least 1");
+        }
+        if self.threads == 0 || self.batch == 0 {
             bail!("--threads and --batch must be at least 1");
         }
-        if !(0.0..=1.0).contains(&cfg.threshold) {
-            bail!("threshold {} is outside 0..1", cfg.threshold);
+        if !(0.0..=1.0).contains(&self.threshold) {
+            bail!("--threshold {} is outside 0..1", self.threshold);
         }
-        if 2 * cfg.margin >= cfg.tile {
+        if 2 * self.margin >= self.tile {
             bail!(
-                "margin {} is too large for tile {}: need 2 x margin < tile",
-                cfg.margin,
-                cfg.tile
+                "--margin {} is too large for --tile {}: need 2 x margin < tile",
+                self.margin,
+                self.tile
             );
         }
+        Ok(())
+    }
+}
+
+impl Segmenter<TileRunner> {
+    /// Builds the optimized plan and one tract runner per thread.
+    pub fn new(model: &Model, cfg: SegmentConfig) -> Result<Segmenter> {
+        cfg.validate()?;
         let plan: TilePlan = model.plan(cfg.batch, cfg.tile)?;
         let runners = (0..cfg.threads)
             .map(|_| plan.runner())
             .collect::<Result<Vec<_>>>()?;
+        Segmenter::with_backends(model.meta.clone(), cfg, runners)
+    }
+}
+
+impl<B: TileBackend> Segmenter<B> {
+    /// A segmenter over given backends, one per worker thread.
+    pub fn with_backends(
+        meta: ModelMeta,
+        cfg: SegmentConfig,
+        runners: Vec<B>,
+    ) -> Result<Segmenter<B>> {
+        cfg.validate()?;
+        if runners.is_empty() || runners.iter().any(|r| r.batch() != cfg.batch) {
+            bail!("need at least one backend, each with batch {}", cfg.batch);
+        }
         Ok(Segmenter {
-            meta: model.meta.clone(),
+            meta,
             cfg,
             runners,
             grid: None,
@@ -239,15 +288,15 @@ impl Segmenter {
 }
 
 /// Runs tiles `range` of the grid through one runner, writing owned outputs and timings.
-fn run_range(
-    runner: &mut TileRunner,
+fn run_range<B: TileBackend>(
+    runner: &mut B,
     grid: &TileGrid,
     frame: &[f32],
     range: std::ops::Range<usize>,
     out: SharedOut,
 ) -> Result<()> {
     let tt = grid.tile * grid.tile;
-    let batch = runner.batch;
+    let batch = runner.batch();
     let mut k = range.start;
     while k < range.end {
         let m = batch.min(range.end - k);

@@ -112,6 +112,12 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
     };
     let n_target = n_target.min(400);
     let dim_fraction = rng.range(0.0, 0.5);
+    let bg = rng.range(0.01, 0.08);
+    let mitotic_rate = if rng.uniform() < 0.5 {
+        rng.range(0.0, 0.12)
+    } else {
+        0.0
+    };
 
     let mut nuclei: Vec<Nucleus> = Vec::with_capacity(n_target);
     let mut tries = 0;
@@ -149,11 +155,21 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
                 rng.range(0.0, 2.0 * PI),
             );
         }
-        let brightness = if rng.uniform() < dim_fraction {
-            rng.range(0.12, 0.35)
+        let mut brightness = if rng.uniform() < dim_fraction {
+            rng.range(0.15, 0.35)
         } else {
             rng.range(0.35, 1.4)
-        };
+        }
+        // Labelled nuclei stay visible: a dim one still stands clear of the background.
+        .max(2.5 * bg + 0.06);
+        let (mut a, mut b) = (a, b);
+        // Mitotic and apoptotic nuclei: small, condensed, several times brighter than the rest,
+        // often saturated; after percentile normalization they push ordinary nuclei down to dim.
+        if rng.uniform() < mitotic_rate {
+            brightness *= rng.range(2.5, 6.0);
+            a *= 0.55;
+            b *= 0.45;
+        }
         nuclei.push(Nucleus {
             cx,
             cy,
@@ -163,7 +179,7 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
             sin: ang.sin(),
             harmonics,
             brightness,
-            texture_gain: rng.range(0.05, 0.45),
+            texture_gain: rng.range(0.03, 0.3),
         });
     }
 
@@ -207,8 +223,8 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
                 // Soft edge: full intensity inside, a short ramp across the boundary.
                 let profile = smoothstep(1.0 + edge_soft, 1.0 - edge_soft, s);
                 if profile > 0.0 {
-                    let tex = 1.0 + n.texture_gain * (1.6 * fine[i] + coarse[i]);
-                    let mut v = n.brightness * profile * tex.max(0.2);
+                    let tex = 1.0 + n.texture_gain * (fine[i] + coarse[i]);
+                    let mut v = n.brightness * profile * tex.max(0.5);
                     for &(sx, sy, sr) in &spots {
                         let d2 = (px - sx).powi(2) + (py - sy).powi(2);
                         v += 0.5 * n.brightness * (-d2 / (2.0 * sr * sr)).exp() * profile;
@@ -246,7 +262,6 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
     gaussian_blur(&mut signal, width, height, sigma);
 
     // Uneven illumination: background plus a tilted, vignetted field multiplying the signal.
-    let bg = rng.range(0.01, 0.12);
     let (gx, gy) = (rng.range(-0.35, 0.35), rng.range(-0.35, 0.35));
     let vignette = rng.range(0.0, 0.4);
     let photons = log_uniform(rng, cfg.photons.0, cfg.photons.1);

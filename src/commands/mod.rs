@@ -1,6 +1,7 @@
 //! One module per subcommand; each `run` returns the process exit code.
 
 pub mod bench;
+pub mod eval;
 pub mod info;
 pub mod segment;
 
@@ -27,5 +28,6 @@ pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConf
     }
     cfg.batch = run.batch;
     cfg.threads = run.threads;
+    cfg.validate()?;
     Ok((model, cfg))
 }

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use unet_edge::imageio::{self, is_image_path};
+use unet_edge::instances::{InstanceConfig, Instances, Nucleus};
 use unet_edge::segmenter::Segmenter;
 
 /// Options of `segment`.
@@ -13,7 +14,8 @@ pub struct SegmentArgs {
     /// Image files or directories of images (PNG, TIFF, JPEG).
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Output directory (created if missing); for `X.png` writes `X.mask.png`, `X.prob.png`, `X.overlay.png`.
+    /// Output directory (created if missing); for `X.png` writes `X.mask.png`, `X.prob.png`,
+    /// `X.overlay.png`, `X.labels.png` (16-bit nucleus ids) and `X.nuclei.csv`.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Foreground threshold on the probability; defaults to the model's.
@@ -70,11 +72,12 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     }
     let (model, cfg) = super::load(&a.run, a.threshold)?;
     let mut seg = Segmenter::new(&model, cfg)?;
+    let mut inst = Instances::new();
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
     let mut failures = 0;
     for item in expand(&a.inputs) {
-        let result = item.and_then(|path| segment_one(&mut seg, &path, &a.out));
+        let result = item.and_then(|path| segment_one(&mut seg, &mut inst, &path, &a.out));
         if let Err(e) = result {
             eprintln!("error: {e:#}");
             failures += 1;
@@ -83,12 +86,13 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     Ok(if failures > 0 { 1 } else { 0 })
 }
 
-fn segment_one(seg: &mut Segmenter, path: &Path, out: &Path) -> Result<()> {
+fn segment_one(seg: &mut Segmenter, inst: &mut Instances, path: &Path, out: &Path) -> Result<()> {
     let img = imageio::load_gray(path)?;
     let (w, h) = (img.width, img.height);
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
+    let count = inst.run(seg.mask(), &img.data, w, h, &InstanceConfig::default());
     let name = stem(path);
     let mask: Vec<u8> = seg.mask().iter().map(|&m| m * 255).collect();
     let prob: Vec<u8> = seg
@@ -99,6 +103,16 @@ fn segment_one(seg: &mut Segmenter, path: &Path, out: &Path) -> Result<()> {
     let mask_path = out.join(format!("{name}.mask.png"));
     imageio::save_gray8(&mask_path, w, h, mask)?;
     imageio::save_gray8(&out.join(format!("{name}.prob.png")), w, h, prob)?;
+    let labels: Vec<u16> = inst
+        .labels()
+        .iter()
+        .map(|&l| l.min(u16::MAX as u32) as u16)
+        .collect();
+    imageio::save_gray16(&out.join(format!("{name}.labels.png")), w, h, labels)?;
+    imageio::write_atomic(
+        &out.join(format!("{name}.nuclei.csv")),
+        nuclei_csv(inst.nuclei()).as_bytes(),
+    )?;
     imageio::save_rgb8(
         &out.join(format!("{name}.overlay.png")),
         imageio::overlay(seg.normalized(), seg.mask(), w, h),
@@ -111,11 +125,33 @@ fn segment_one(seg: &mut Segmenter, path: &Path, out: &Path) -> Result<()> {
         "ms_per_tile": round3(timing.ms_per_tile),
         "ms_per_tile_p50": round3(timing.ms_per_tile_p50),
         "frame_ms": round3(timing.frame_ms),
-        "foreground_fraction": round3(seg.foreground_fraction() * 1.0),
+        "foreground_fraction": round3(seg.foreground_fraction()),
+        "nuclei": count,
         "mask": mask_path.display().to_string(),
     });
     println!("{line}");
     Ok(())
+}
+
+/// The per-nucleus table.
+fn nuclei_csv(nuclei: &[Nucleus]) -> String {
+    let mut s = String::from("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0,bbox_y0,bbox_x1,bbox_y1,touches_border\n");
+    for n in nuclei {
+        s.push_str(&format!(
+            "{},{:.2},{:.2},{},{:.3},{},{},{},{},{}\n",
+            n.id,
+            n.cx,
+            n.cy,
+            n.area,
+            n.mean_intensity,
+            n.bbox[0],
+            n.bbox[1],
+            n.bbox[2],
+            n.bbox[3],
+            n.touches_border
+        ));
+    }
+    s
 }
 
 /// Rounds for human-sized JSON.

@@ -1,1 +1,230 @@
-fn main() {}
+//! `unet-train`: trains the unet-edge U-Net on burn (flex CPU backend) and exports ONNX.
+
+mod data;
+mod model;
+mod training;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use training::TrainConfig;
+use unet_edge::rng::Rng;
+use unet_edge::synth::{generate, SynthConfig};
+
+/// Train the nuclei U-Net, export it to ONNX, or look at the synthetic data.
+#[derive(Parser, Debug)]
+#[command(name = "unet-train", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (or resume) a run; the best checkpoint is exported to RUN/best.onnx as it improves.
+    Train {
+        /// Run directory: config.json, state.json, checkpoints, best.onnx.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// `synthetic`, a DSB2018 stage-1 folder (ID/images, ID/masks) or a pairs folder (images/, masks/).
+        #[arg(long, default_value = "synthetic")]
+        data: String,
+        /// Optimisation steps in total.
+        #[arg(long, default_value_t = 6000)]
+        steps: usize,
+        /// Steps between validation and checkpoint.
+        #[arg(long, default_value_t = 250)]
+        epoch_steps: usize,
+        /// Examples per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Peak learning rate (Adam; linear warm-up, cosine decay).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Filters at full resolution (16 gives the seed 16-32-64-128-256).
+        #[arg(long, default_value_t = 16)]
+        base: usize,
+        /// Down-sampling levels.
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        /// Tile side in px (multiple of 2^depth).
+        #[arg(long, default_value_t = 128)]
+        tile: usize,
+        /// Weight of a soft-Dice term added to the BCE loss (0 = BCE only).
+        #[arg(long, default_value_t = 0.5)]
+        dice_weight: f32,
+        /// Ronneberger border weight w0 separating touching nuclei (0 = off).
+        #[arg(long, default_value_t = 5.0)]
+        border_w0: f32,
+        /// Sigma of the border weight in px.
+        #[arg(long, default_value_t = 3.0)]
+        border_sigma: f32,
+        /// Validation images.
+        #[arg(long, default_value_t = 96)]
+        val_images: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 2018)]
+        seed: u64,
+        /// Continue the run in --run from its last checkpoint (same options required).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Export a run's best checkpoint to an ONNX file.
+    Export {
+        /// Run directory.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Output ONNX path.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Write synthetic images and masks as one PNG sheet (images on top, masks below).
+    Sheet {
+        /// Output PNG.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// Side of each sample.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Write synthetic images (and their label images) to a folder, e.g. as test or calibration data.
+    Synth {
+        /// Output folder: images/X.png and masks/X.png (16-bit labels).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        /// Side of each image.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// First seed.
+        #[arg(long, default_value_t = 900_000)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            run,
+            data,
+            steps,
+            epoch_steps,
+            batch,
+            lr,
+            base,
+            depth,
+            tile,
+            dice_weight,
+            border_w0,
+            border_sigma,
+            val_images,
+            seed,
+            resume,
+        } => {
+            let cfg = TrainConfig {
+                data,
+                base,
+                depth,
+                tile,
+                batch,
+                steps,
+                epoch_steps,
+                lr,
+                dice_weight,
+                border_w0,
+                border_sigma,
+                val_images,
+                seed,
+            };
+            let state = training::train(cfg, &run, resume)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "steps": state.step,
+                    "seconds": state.seconds,
+                    "best_step": state.best_step,
+                    "val_dice": state.best_dice,
+                    "val_iou": state.best_iou,
+                    "onnx": training::RunDir(run.clone()).best_onnx(),
+                })
+            );
+            Ok(())
+        }
+        Command::Export { run, out } => training::export_run(&run, &out),
+        Command::Sheet {
+            out,
+            count,
+            size,
+            seed,
+        } => {
+            let cfg = SynthConfig::default();
+            let (w, h) = (count * size, 2 * size);
+            let mut sheet = vec![0u8; w * h];
+            let mut scratch = Vec::new();
+            for k in 0..count {
+                let mut s = generate(&mut Rng::new(seed + k as u64), size, size, &cfg);
+                unet_edge::normalize::Normalization::Percentile {
+                    low: 0.5,
+                    high: 99.9,
+                }
+                .apply_in_place(&mut s.image, &mut scratch);
+                for y in 0..size {
+                    for x in 0..size {
+                        let i = y * size + x;
+                        sheet[y * w + k * size + x] = (s.image[i].clamp(0.0, 1.0) * 255.0) as u8;
+                        // Labels as grey levels so touching nuclei stay distinguishable.
+                        let l = s.labels[i];
+                        sheet[(y + size) * w + k * size + x] = if l == 0 {
+                            0
+                        } else {
+                            60 + ((l as u32 * 47) % 196) as u8
+                        };
+                    }
+                }
+            }
+            unet_edge::imageio::save_gray8(&out, w, h, sheet)
+        }
+        Command::Synth {
+            out,
+            count,
+            size,
+            seed,
+        } => {
+            std::fs::create_dir_all(out.join("images"))?;
+            std::fs::create_dir_all(out.join("masks"))?;
+            let cfg = SynthConfig::default();
+            for k in 0..count {
+                let s = generate(&mut Rng::new(seed + k as u64), size, size, &cfg);
+                let name = format!("synth{:04}.png", k);
+                let img: Vec<u16> = s
+                    .image
+                    .iter()
+                    .map(|v| v.clamp(0.0, 65535.0) as u16)
+                    .collect();
+                unet_edge::imageio::save_gray16(&out.join("images").join(&name), size, size, img)?;
+                unet_edge::imageio::save_gray16(
+                    &out.join("masks").join(&name),
+                    size,
+                    size,
+                    s.labels,
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

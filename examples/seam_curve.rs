@@ -1,0 +1,103 @@
+//! Measures tiling error against the overlap margin: tiled probability maps vs a whole-frame run,
+//! on seam pixels (next to a tile-ownership boundary) and elsewhere.
+//!
+//! `cargo run --release --example seam_curve -- [MODEL.onnx]` (default: the seed U-Net, random weights,
+//! and the shipped model when present).
+
+use anyhow::Result;
+use unet_edge::contract::ModelMeta;
+use unet_edge::model::Model;
+use unet_edge::rng::Rng;
+use unet_edge::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::synth::{generate, SynthConfig};
+use unet_edge::tiling::TileGrid;
+
+fn seam_mask(g: &TileGrid) -> Vec<bool> {
+    let mut m = vec![false; g.width * g.height];
+    let near = |v: usize, owned: &[(usize, usize)], len: usize| {
+        owned
+            .iter()
+            .any(|&(a, b)| (a > 0 && v + 1 >= a && v <= a) || (b < len && v + 1 >= b && v <= b))
+    };
+    for y in 0..g.height {
+        for x in 0..g.width {
+            m[y * g.width + x] = near(x, &g.xs.owned, g.width) || near(y, &g.ys.owned, g.height);
+        }
+    }
+    m
+}
+
+fn main() -> Result<()> {
+    let mut models = Vec::new();
+    if let Some(p) = std::env::args().nth(1) {
+        models.push(Model::from_path(std::path::Path::new(&p))?);
+    } else {
+        let b = unet_edge::onnx_writer::encode(
+            &unet_edge::unet::UNetSpec::default()
+                .random_weights(1)
+                .to_onnx(&ModelMeta::default())?,
+        );
+        models.push(Model::from_bytes(&b, "seed-unet-random")?);
+        if let Some(e) = unet_edge::model::embedded_model() {
+            models.push(Model::from_bytes(e, "embedded")?);
+        }
+    }
+    let (w, h) = (400, 400);
+    let frames: Vec<_> = (0..3)
+        .map(|i| generate(&mut Rng::new(77 + i), w, h, &SynthConfig::default()))
+        .collect();
+    for model in &models {
+        println!("model {}", model.source);
+        println!("margin  tiles  mean|err|  seam mean  other mean  max|err|  mask disagree");
+        for margin in [0usize, 8, 16, 24, 32, 40, 48] {
+            let cfg = SegmentConfig {
+                tile: 128,
+                margin,
+                batch: 1,
+                threads: 2,
+                threshold: model.meta.threshold,
+            };
+            let mut seg = Segmenter::new(model, cfg)?;
+            let (
+                mut all,
+                mut seam,
+                mut other,
+                mut max,
+                mut n_seam,
+                mut n_other,
+                mut dis,
+                mut tiles,
+            ) = (0.0f64, 0.0f64, 0.0f64, 0.0f32, 0usize, 0usize, 0usize, 0);
+            for f in &frames {
+                let t = seg.segment(&f.image, w, h)?;
+                tiles = t.tiles;
+                let reference = model.run_whole(seg.normalized(), w, h, 64, 16)?;
+                let sm = seam_mask(seg.grid().unwrap());
+                for i in 0..w * h {
+                    let e = (seg.prob()[i] - reference[i]).abs();
+                    all += e as f64;
+                    max = max.max(e);
+                    if sm[i] {
+                        seam += e as f64;
+                        n_seam += 1
+                    } else {
+                        other += e as f64;
+                        n_other += 1
+                    }
+                    if (seg.prob()[i] > cfg.threshold) != (reference[i] > cfg.threshold) {
+                        dis += 1
+                    }
+                }
+            }
+            let n = (w * h * frames.len()) as f64;
+            println!(
+                "{margin:6}  {tiles:5}  {:9.2e}  {:9.2e}  {:10.2e}  {max:8.2e}  {:12.2e}",
+                all / n,
+                seam / n_seam.max(1) as f64,
+                other / n_other.max(1) as f64,
+                dis as f64 / n
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! `unet-edge eval`: pixel and instance metrics of predictions against ground truth.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use unet_edge::imageio::{is_image_path, load_gray, GrayImage};
+use unet_edge::instances::connected_components;
+use unet_edge::metrics::Scores;
+
+/// Options of `eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Predictions: `X.labels.png` (preferred) or `X.mask.png` (split into connected components),
+    /// as written by `segment`.
+    #[arg(long, value_name = "DIR")]
+    pred: PathBuf,
+    /// Ground truth: label images `X.png`/`X.tif` (0 = background), or DSB2018 folders `X/masks/*.png`
+    /// (one mask per nucleus).
+    #[arg(long, value_name = "DIR")]
+    truth: PathBuf,
+    /// Print one JSON object (`overall` and `images`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn labels_of(img: &GrayImage) -> Vec<u32> {
+    img.data.iter().map(|v| *v as u32).collect()
+}
+
+/// Predictions by stem: labels beat masks when both exist.
+fn predictions(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let rd = std::fs::read_dir(dir)
+        .with_context(|| format!("--pred {}: cannot list directory", dir.display()))?;
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".labels.png") {
+            out.insert(stem.to_string(), p);
+        } else if let Some(stem) = name.strip_suffix(".mask.png") {
+            out.entry(stem.to_string()).or_insert(p);
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "--pred {}: no X.labels.png or X.mask.png files",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+fn load_pred(p: &Path) -> Result<(usize, usize, Vec<u32>)> {
+    let img = load_gray(p)?;
+    let labels = if p.to_string_lossy().ends_with(".mask.png") {
+        let fg: Vec<bool> = img.data.iter().map(|v| *v > 0.0).collect();
+        connected_components(&fg, img.width, img.height)
+    } else {
+        labels_of(&img)
+    };
+    Ok((img.width, img.height, labels))
+}
+
+fn load_truth(dir: &Path, stem: &str) -> Result<(usize, usize, Vec<u32>)> {
+    for ext in ["png", "tif", "tiff"] {
+        let p = dir.join(format!("{stem}.{ext}"));
+        if p.is_file() {
+            let img = load_gray(&p)?;
+            return Ok((img.width, img.height, labels_of(&img)));
+        }
+    }
+    let masks = dir.join(stem).join("masks");
+    if masks.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&masks)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_image_path(p))
+            .collect();
+        files.sort();
+        let mut size = None;
+        let mut labels = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            let m = load_gray(f)?;
+            match size {
+                None => {
+                    size = Some((m.width, m.height));
+                    labels = vec![0u32; m.width * m.height];
+                }
+                Some(s) if s != (m.width, m.height) => {
+                    bail!(
+                        "{}: mask is {}x{}, other masks are {}x{}",
+                        f.display(),
+                        m.width,
+                        m.height,
+                        s.0,
+                        s.1
+                    )
+                }
+                _ => {}
+            }
+            for (l, v) in labels.iter_mut().zip(&m.data) {
+                if *v > 0.0 {
+                    *l = k as u32 + 1;
+                }
+            }
+        }
+        if let Some((w, h)) = size {
+            return Ok((w, h, labels));
+        }
+    }
+    bail!(
+        "no ground truth for {stem:?} in {}: expected {stem}.png, {stem}.tif or {stem}/masks/*.png",
+        dir.display()
+    )
+}
+
+fn row(name: &str, s: &Scores) -> String {
+    format!(
+        "{name:<28} {:>6.3} {:>6.3} {:>5} {:>5} {:>4} {:>4} {:>4} {:>6.3} {:>6.3}",
+        s.pixel_dice,
+        s.pixel_iou,
+        s.n_pred,
+        s.n_true,
+        s.tp,
+        s.fp,
+        s.fn_,
+        s.f1_at_05,
+        s.dsb2018_score
+    )
+}
+
+/// Scores every prediction that has a ground truth; a missing or mismatched one is an error that
+/// does not stop the others (exit code 1).
+pub fn run(a: EvalArgs) -> Result<i32> {
+    if !a.truth.is_dir() {
+        bail!("--truth {}: not a directory", a.truth.display());
+    }
+    let preds = predictions(&a.pred)?;
+    let mut overall = Scores::default();
+    let mut images = Vec::new();
+    let mut failures = 0;
+    for (stem, path) in &preds {
+        let result = (|| -> Result<Scores> {
+            let (pw, ph, pred) = load_pred(path)?;
+            let (tw, th, truth) = load_truth(&a.truth, stem)?;
+            if (pw, ph) != (tw, th) {
+                bail!(
+                    "{}: prediction is {pw}x{ph} but its ground truth is {tw}x{th}",
+                    path.display()
+                );
+            }
+            Ok(Scores::compare(&pred, &truth))
+        })();
+        match result {
+            Ok(s) => {
+                overall.accumulate(&s);
+                images.push((stem.clone(), s));
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures += 1;
+            }
+        }
+    }
+    if images.is_empty() {
+        bail!("no prediction in {} could be scored", a.pred.display());
+    }
+    if a.json {
+        let imgs: Vec<serde_json::Value> = images
+            .iter()
+            .map(|(n, s)| {
+                let mut v = serde_json::to_value(s).expect("serializable");
+                v["name"] = serde_json::Value::String(n.clone());
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"overall": overall, "images": imgs})
+        );
+    } else {
+        println!(
+            "{:<28} {:>6} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>6} {:>6}",
+            "image", "dice", "iou", "pred", "true", "tp", "fp", "fn", "f1@.5", "dsb"
+        );
+        for (n, s) in &images {
+            println!("{}", row(n, s));
+        }
+        println!("{}", row("OVERALL", &overall));
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}

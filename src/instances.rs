@@ -1,0 +1,466 @@
+//! From a foreground mask to individual nuclei: Euclidean distance transform, then a
+//! flooding watershed on it whose basins merge unless their peak stands clear of the saddle
+//! (h-maxima by dynamics, done with union-find in one pass), then a minimum-size filter and
+//! per-nucleus measurements. Buffers are sized once per frame size; later frames allocate nothing.
+
+/// Instance-separation settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InstanceConfig {
+    /// Two basins stay apart only if the lower peak rises above the saddle by at least
+    /// `max(h_abs, h_rel * peak)` px of distance.
+    pub h_abs: f32,
+    /// Relative part of the split criterion.
+    pub h_rel: f32,
+    /// Objects smaller than this many pixels are dropped.
+    pub min_area: usize,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            h_abs: 1.0,
+            h_rel: 0.3,
+            min_area: 12,
+        }
+    }
+}
+
+/// Measurements of one nucleus.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Nucleus {
+    /// Label in the label image (1..=count).
+    pub id: u32,
+    /// Centroid x, px.
+    pub cx: f32,
+    /// Centroid y, px.
+    pub cy: f32,
+    /// Area, px.
+    pub area: u32,
+    /// Mean raw intensity.
+    pub mean_intensity: f32,
+    /// Bounding box: x0, y0, x1, y1 (inclusive).
+    pub bbox: [u32; 4],
+    /// Whether the nucleus touches the frame border (likely cut off).
+    pub touches_border: bool,
+}
+
+/// Reusable instance segmenter.
+#[derive(Default)]
+pub struct Instances {
+    width: usize,
+    height: usize,
+    dist: Vec<f32>,
+    labels: Vec<u32>,
+    order: Vec<u32>,
+    bucket: Vec<u32>,
+    parent: Vec<u32>,
+    peak: Vec<f32>,
+    area: Vec<u32>,
+    remap: Vec<u32>,
+    f: Vec<f32>,
+    v: Vec<usize>,
+    z: Vec<f32>,
+    nuclei: Vec<Nucleus>,
+}
+
+const LEVELS_PER_PX: f32 = 8.0;
+const NONE: u32 = u32::MAX;
+
+impl Instances {
+    /// A segmenter with no buffers yet.
+    pub fn new() -> Instances {
+        Instances::default()
+    }
+
+    fn prepare(&mut self, w: usize, h: usize) {
+        if (self.width, self.height) == (w, h) {
+            return;
+        }
+        let n = w * h;
+        self.width = w;
+        self.height = h;
+        self.dist.resize(n, 0.0);
+        self.labels.resize(n, 0);
+        self.order.resize(n, 0);
+        self.parent.resize(n, 0);
+        self.peak.resize(n, 0.0);
+        self.area.resize(n, 0);
+        self.remap.resize(n + 1, 0);
+        let m = w.max(h) + 1;
+        self.f.resize(m, 0.0);
+        self.v.resize(m, 0);
+        self.z.resize(m + 1, 0.0);
+        // Distances cannot exceed half the larger side.
+        self.bucket
+            .resize((m as f32 * LEVELS_PER_PX) as usize + 2, 0);
+        self.nuclei.reserve(n / 64 + 16);
+    }
+
+    /// Labels nuclei in `mask` (non-zero = foreground); `intensity` feeds the measurements.
+    /// Returns the number of nuclei.
+    pub fn run(
+        &mut self,
+        mask: &[u8],
+        intensity: &[f32],
+        w: usize,
+        h: usize,
+        cfg: &InstanceConfig,
+    ) -> usize {
+        assert_eq!(mask.len(), w * h);
+        assert_eq!(intensity.len(), w * h);
+        self.prepare(w, h);
+        self.distance(mask);
+        self.flood(mask, cfg);
+        self.measure(intensity, cfg.min_area);
+        self.nuclei.len()
+    }
+
+    /// The label image of the last run (0 = background, 1..=count).
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// The nuclei of the last run, by label.
+    pub fn nuclei(&self) -> &[Nucleus] {
+        &self.nuclei
+    }
+
+    /// Exact squared-Euclidean distance to the background (Felzenszwalb & Huttenlocher), then sqrt.
+    /// Outside the frame counts as foreground, so nuclei cut by the border are not thinned there.
+    fn distance(&mut self, mask: &[u8]) {
+        let (w, h) = (self.width, self.height);
+        let big = ((w + h) * (w + h)) as f32;
+        for (d, &m) in self.dist.iter_mut().zip(mask) {
+            *d = if m != 0 { big } else { 0.0 };
+        }
+        for x in 0..w {
+            for y in 0..h {
+                self.f[y] = self.dist[y * w + x];
+            }
+            edt_1d(&self.f[..h], &mut self.v, &mut self.z, |y, val| {
+                self.dist[y * w + x] = val
+            });
+        }
+        for y in 0..h {
+            self.f[..w].copy_from_slice(&self.dist[y * w..(y + 1) * w]);
+            let row = &mut self.dist[y * w..(y + 1) * w];
+            edt_1d(&self.f[..w], &mut self.v, &mut self.z, |x, val| {
+                row[x] = val
+            });
+        }
+        for d in &mut self.dist {
+            *d = d.sqrt();
+        }
+    }
+
+    fn find(&mut self, mut i: u32) -> u32 {
+        while self.parent[i as usize] != i {
+            let p = self.parent[i as usize];
+            self.parent[i as usize] = self.parent[p as usize];
+            i = p;
+        }
+        i
+    }
+
+    /// Floods foreground pixels from the highest distance down, merging basins whose lower peak
+    /// is within the dynamics threshold of the current level.
+    fn flood(&mut self, mask: &[u8], cfg: &InstanceConfig) {
+        let (w, h) = (self.width, self.height);
+        let n = w * h;
+        // Counting sort of foreground pixels by quantized distance, descending.
+        let levels = self.bucket.len();
+        self.bucket.iter_mut().for_each(|b| *b = 0);
+        let q = |d: f32| ((d * LEVELS_PER_PX) as usize).min(levels - 1);
+        let mut fg = 0;
+        for i in 0..n {
+            if mask[i] != 0 {
+                self.bucket[q(self.dist[i])] += 1;
+                fg += 1;
+            }
+        }
+        let mut start = 0u32;
+        for b in self.bucket.iter_mut().rev() {
+            let c = *b;
+            *b = start;
+            start += c;
+        }
+        for i in 0..n {
+            if mask[i] != 0 {
+                let k = q(self.dist[i]);
+                self.order[self.bucket[k] as usize] = i as u32;
+                self.bucket[k] += 1;
+            }
+        }
+        for l in self.labels.iter_mut() {
+            *l = NONE;
+        }
+        for k in 0..fg {
+            let p = self.order[k] as usize;
+            let level = self.dist[p];
+            let (x, y) = (p % w, p / w);
+            let mut best = NONE;
+            let neighbours = [
+                (x > 0).then(|| p - 1),
+                (x + 1 < w).then(|| p + 1),
+                (y > 0).then(|| p - w),
+                (y + 1 < h).then(|| p + w),
+            ];
+            for nb in neighbours.into_iter().flatten() {
+                if self.labels[nb] == NONE {
+                    continue;
+                }
+                let r = self.find(self.labels[nb]);
+                if best == NONE {
+                    best = r;
+                    continue;
+                }
+                if r == best {
+                    continue;
+                }
+                let (pa, pb) = (self.peak[best as usize], self.peak[r as usize]);
+                let low = pa.min(pb);
+                let (aa, ab) = (self.area[best as usize], self.area[r as usize]);
+                let shallow = low - level < cfg.h_abs.max(cfg.h_rel * low);
+                let tiny = (aa.min(ab) as usize) < cfg.min_area;
+                if shallow || tiny {
+                    // Merge the lower basin into the higher one.
+                    let (hi, lo) = if pa >= pb { (best, r) } else { (r, best) };
+                    self.parent[lo as usize] = hi;
+                    self.area[hi as usize] += self.area[lo as usize];
+                    best = hi;
+                } else if pb > pa {
+                    best = r;
+                }
+            }
+            if best == NONE {
+                let id = p as u32;
+                self.parent[p] = id;
+                self.peak[p] = level;
+                self.area[p] = 1;
+                self.labels[p] = id;
+            } else {
+                self.labels[p] = best;
+                self.area[best as usize] += 1;
+            }
+        }
+        for i in 0..n {
+            if self.labels[i] != NONE {
+                let r = self.find(self.labels[i]);
+                self.labels[i] = r;
+            }
+        }
+    }
+
+    /// Renumbers basins 1..=count (dropping small ones) and measures each.
+    fn measure(&mut self, intensity: &[f32], min_area: usize) {
+        let (w, h) = (self.width, self.height);
+        self.nuclei.clear();
+        for r in self.remap.iter_mut() {
+            *r = 0;
+        }
+        for i in 0..w * h {
+            let root = self.labels[i];
+            if root == NONE {
+                self.labels[i] = 0;
+                continue;
+            }
+            let slot = root as usize + 1;
+            if self.remap[slot] == 0 {
+                if (self.area[root as usize] as usize) < min_area {
+                    self.remap[slot] = NONE;
+                } else {
+                    let id = self.nuclei.len() as u32 + 1;
+                    self.remap[slot] = id;
+                    self.nuclei.push(Nucleus {
+                        id,
+                        cx: 0.0,
+                        cy: 0.0,
+                        area: 0,
+                        mean_intensity: 0.0,
+                        bbox: [u32::MAX, u32::MAX, 0, 0],
+                        touches_border: false,
+                    });
+                }
+            }
+            let id = self.remap[slot];
+            if id == NONE {
+                self.labels[i] = 0;
+                continue;
+            }
+            self.labels[i] = id;
+            let (x, y) = ((i % w) as u32, (i / w) as u32);
+            let n = &mut self.nuclei[id as usize - 1];
+            n.area += 1;
+            n.cx += x as f32;
+            n.cy += y as f32;
+            n.mean_intensity += intensity[i];
+            n.bbox = [
+                n.bbox[0].min(x),
+                n.bbox[1].min(y),
+                n.bbox[2].max(x),
+                n.bbox[3].max(y),
+            ];
+            if x == 0 || y == 0 || x as usize + 1 == w || y as usize + 1 == h {
+                n.touches_border = true;
+            }
+        }
+        for n in &mut self.nuclei {
+            let a = n.area as f32;
+            n.cx /= a;
+            n.cy /= a;
+            n.mean_intensity /= a;
+        }
+    }
+}
+
+/// 4-connected components of a binary mask, labelled 1..=n in raster order of first pixel.
+pub fn connected_components(fg: &[bool], w: usize, h: usize) -> Vec<u32> {
+    let mut labels = vec![0u32; w * h];
+    let mut next = 0u32;
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if !fg[start] || labels[start] != 0 {
+            continue;
+        }
+        next += 1;
+        labels[start] = next;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            let neighbours = [
+                (x > 0).then(|| i - 1),
+                (x + 1 < w).then(|| i + 1),
+                (y > 0).then(|| i - w),
+                (y + 1 < h).then(|| i + w),
+            ];
+            for j in neighbours.into_iter().flatten() {
+                if fg[j] && labels[j] == 0 {
+                    labels[j] = next;
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    labels
+}
+
+/// 1-D squared distance transform of sampled function `f` (lower envelope of parabolas).
+fn edt_1d(f: &[f32], v: &mut [usize], z: &mut [f32], mut out: impl FnMut(usize, f32)) {
+    let n = f.len();
+    if n == 0 {
+        return;
+    }
+    let mut k = 0usize;
+    v[0] = 0;
+    z[0] = f32::NEG_INFINITY;
+    z[1] = f32::INFINITY;
+    let meet = |q: usize, p: usize| {
+        ((f[q] + (q * q) as f32) - (f[p] + (p * p) as f32)) / (2.0 * (q as f32 - p as f32))
+    };
+    for q in 1..n {
+        let mut s = meet(q, v[k]);
+        // z[0] is -inf, so this stops at k = 0.
+        while s <= z[k] {
+            k -= 1;
+            s = meet(q, v[k]);
+        }
+        k += 1;
+        v[k] = q;
+        z[k] = s;
+        z[k + 1] = f32::INFINITY;
+    }
+    k = 0;
+    for q in 0..n {
+        while z[k + 1] < q as f32 {
+            k += 1;
+        }
+        let d = q as f32 - v[k] as f32;
+        out(q, d * d + f[v[k]]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(mask: &mut [u8], w: usize, cx: f32, cy: f32, r: f32) {
+        for (i, m) in mask.iter_mut().enumerate() {
+            let (x, y) = ((i % w) as f32, (i / w) as f32);
+            if (x - cx).powi(2) + (y - cy).powi(2) <= r * r {
+                *m = 1;
+            }
+        }
+    }
+
+    #[test]
+    fn components_split_by_gap() {
+        let fg = [true, true, false, true, false, false, true, false, true];
+        assert_eq!(
+            connected_components(&fg, 3, 3),
+            vec![1, 1, 0, 1, 0, 0, 1, 0, 2]
+        );
+    }
+
+    #[test]
+    fn distance_transform_is_euclidean() {
+        let (w, h) = (21, 21);
+        let mut mask = vec![1u8; w * h];
+        mask[10 * w + 10] = 0;
+        let mut inst = Instances::new();
+        inst.prepare(w, h);
+        inst.distance(&mask);
+        assert_eq!(inst.dist[10 * w + 13], 3.0);
+        assert!((inst.dist[13 * w + 14] - 5.0).abs() < 1e-6);
+        assert!((inst.dist[11 * w + 11] - 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn touching_disks_split_and_single_ellipse_does_not() {
+        let (w, h) = (80, 40);
+        let mut mask = vec![0u8; w * h];
+        disk(&mut mask, w, 25.0, 20.0, 11.0);
+        disk(&mut mask, w, 45.0, 20.0, 11.0);
+        let intensity = vec![1.0; w * h];
+        let mut inst = Instances::new();
+        let n = inst.run(&mask, &intensity, w, h, &InstanceConfig::default());
+        assert_eq!(n, 2, "two overlapping disks are two nuclei");
+        let l = inst.labels();
+        assert_ne!(l[20 * w + 20], l[20 * w + 50]);
+        let mut single = vec![0u8; w * h];
+        for (i, m) in single.iter_mut().enumerate() {
+            let (x, y) = ((i % w) as f32, (i / w) as f32);
+            if ((x - 40.0) / 25.0).powi(2) + ((y - 20.0) / 10.0).powi(2) <= 1.0 {
+                *m = 1;
+            }
+        }
+        assert_eq!(
+            inst.run(&single, &intensity, w, h, &InstanceConfig::default()),
+            1
+        );
+    }
+
+    #[test]
+    fn measurements_and_small_objects() {
+        let (w, h) = (30, 20);
+        let mut mask = vec![0u8; w * h];
+        for y in 2..6 {
+            for x in 0..5 {
+                mask[y * w + x] = 1;
+            }
+        }
+        mask[15 * w + 20] = 1; // one-pixel speck, below min_area
+        let intensity: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
+        let mut inst = Instances::new();
+        assert_eq!(
+            inst.run(&mask, &intensity, w, h, &InstanceConfig::default()),
+            1
+        );
+        let n = inst.nuclei()[0];
+        assert_eq!(n.area, 20);
+        assert_eq!(n.bbox, [0, 2, 4, 5]);
+        assert!((n.cx - 2.0).abs() < 1e-6 && (n.cy - 3.5).abs() < 1e-6);
+        assert!((n.mean_intensity - 2.0).abs() < 1e-6);
+        assert!(n.touches_border);
+        assert_eq!(inst.labels()[15 * w + 20], 0);
+    }
+}

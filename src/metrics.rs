@@ -1,0 +1,217 @@
+//! Segmentation metrics: pixel Dice/IoU and instance matching with the 2018 Data Science Bowl
+//! score (mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN)).
+
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// IoU thresholds of the DSB2018 score.
+pub const DSB_THRESHOLDS: [f32; 10] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
+
+/// Scores of one image, or of a whole set (instance counts summed, pixel counts summed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Scores {
+    /// Pixel Dice of foreground.
+    pub pixel_dice: f64,
+    /// Pixel IoU of foreground.
+    pub pixel_iou: f64,
+    /// Nuclei in the prediction.
+    pub n_pred: usize,
+    /// Nuclei in the truth.
+    pub n_true: usize,
+    /// Matches at IoU > 0.5.
+    pub tp: usize,
+    /// Predicted nuclei without a match at 0.5.
+    pub fp: usize,
+    /// True nuclei without a match at 0.5.
+    pub fn_: usize,
+    /// TP / (TP + FP) at 0.5.
+    pub precision: f64,
+    /// TP / (TP + FN) at 0.5.
+    pub recall: f64,
+    /// F1 at IoU 0.5.
+    #[serde(rename = "f1_at_0.5")]
+    pub f1_at_05: f64,
+    /// TP / (TP + FP + FN) at 0.5.
+    #[serde(rename = "ap_at_0.5")]
+    pub ap_at_05: f64,
+    /// Mean over the DSB thresholds of TP / (TP + FP + FN).
+    pub dsb2018_score: f64,
+    #[serde(skip)]
+    pixels: (u64, u64, u64),
+    #[serde(skip)]
+    tp_at: [usize; 10],
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        1.0
+    } else {
+        a / b
+    }
+}
+
+impl Scores {
+    /// Scores of a prediction against the truth; both are label images of equal size (0 =
+    /// background, any other value one object; ids need not be consecutive).
+    pub fn compare(pred: &[u32], truth: &[u32]) -> Scores {
+        assert_eq!(pred.len(), truth.len(), "label images differ in size");
+        let mut area_p: HashMap<u32, u64> = HashMap::new();
+        let mut area_t: HashMap<u32, u64> = HashMap::new();
+        let mut inter: HashMap<(u32, u32), u64> = HashMap::new();
+        let (mut both, mut pf, mut tf) = (0u64, 0u64, 0u64);
+        for (&p, &t) in pred.iter().zip(truth) {
+            if p != 0 {
+                *area_p.entry(p).or_default() += 1;
+                pf += 1;
+            }
+            if t != 0 {
+                *area_t.entry(t).or_default() += 1;
+                tf += 1;
+            }
+            if p != 0 && t != 0 {
+                *inter.entry((p, t)).or_default() += 1;
+                both += 1;
+            }
+        }
+        // IoU > 0.5 makes a pair unique on both sides, so the matching at every DSB threshold is
+        // just the pairs above it.
+        let mut tp_at = [0usize; 10];
+        for (&(p, t), &i) in &inter {
+            let iou = i as f64 / (area_p[&p] + area_t[&t] - i) as f64;
+            for (k, &th) in DSB_THRESHOLDS.iter().enumerate() {
+                if iou > th as f64 {
+                    tp_at[k] += 1;
+                }
+            }
+        }
+        let mut s = Scores {
+            n_pred: area_p.len(),
+            n_true: area_t.len(),
+            pixels: (both, pf, tf),
+            tp_at,
+            ..Default::default()
+        };
+        s.finish();
+        s
+    }
+
+    /// Adds another image's counts (for the overall scores).
+    pub fn accumulate(&mut self, o: &Scores) {
+        self.n_pred += o.n_pred;
+        self.n_true += o.n_true;
+        self.pixels.0 += o.pixels.0;
+        self.pixels.1 += o.pixels.1;
+        self.pixels.2 += o.pixels.2;
+        for k in 0..10 {
+            self.tp_at[k] += o.tp_at[k];
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let (both, pf, tf) = self.pixels;
+        self.pixel_dice = ratio(2.0 * both as f64, (pf + tf) as f64);
+        self.pixel_iou = ratio(both as f64, (pf + tf - both) as f64);
+        let (np, nt) = (self.n_pred as f64, self.n_true as f64);
+        let ap = |tp: usize| ratio(tp as f64, np + nt - tp as f64);
+        self.tp = self.tp_at[0];
+        self.fp = self.n_pred - self.tp;
+        self.fn_ = self.n_true - self.tp;
+        self.precision = ratio(self.tp as f64, np);
+        self.recall = ratio(self.tp as f64, nt);
+        self.f1_at_05 = ratio(2.0 * self.tp as f64, np + nt);
+        self.ap_at_05 = ap(self.tp);
+        self.dsb2018_score = self.tp_at.iter().map(|&t| ap(t)).sum::<f64>() / 10.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two 4x4 squares on a 12x6 canvas.
+    fn two_squares(a: u32, b: u32) -> Vec<u32> {
+        let mut l = vec![0u32; 12 * 6];
+        for y in 1..5 {
+            for x in 1..5 {
+                l[y * 12 + x] = a;
+            }
+            for x in 7..11 {
+                l[y * 12 + x] = b;
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn perfect_match_with_non_consecutive_ids() {
+        let s = Scores::compare(&two_squares(7, 42), &two_squares(1, 2));
+        assert_eq!((s.tp, s.fp, s.fn_), (2, 0, 0));
+        assert_eq!(s.pixel_dice, 1.0);
+        assert_eq!(s.f1_at_05, 1.0);
+        assert_eq!(s.dsb2018_score, 1.0);
+    }
+
+    #[test]
+    fn one_nucleus_split_in_two() {
+        let truth = two_squares(1, 2);
+        let mut pred = truth.clone();
+        // Left square split into two 4x2 halves: each has IoU 0.5 with the truth, not > 0.5.
+        for y in 1..5 {
+            for x in 3..5 {
+                pred[y * 12 + x] = 3;
+            }
+        }
+        let s = Scores::compare(&pred, &truth);
+        assert_eq!((s.n_pred, s.tp, s.fp, s.fn_), (3, 1, 2, 1));
+        assert_eq!(s.pixel_dice, 1.0);
+        assert!((s.f1_at_05 - 2.0 / 5.0).abs() < 1e-12);
+        assert!((s.ap_at_05 - 1.0 / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_merged_into_one() {
+        let truth = two_squares(1, 2);
+        let pred: Vec<u32> = truth.iter().map(|&l| u32::from(l > 0)).collect();
+        let s = Scores::compare(&pred, &truth);
+        // One object covering both squares: IoU 0.5 with each, so no match.
+        assert_eq!((s.tp, s.fp, s.fn_), (0, 1, 2));
+        assert_eq!(s.dsb2018_score, 0.0);
+    }
+
+    #[test]
+    fn empty_prediction_and_empty_truth() {
+        let truth = two_squares(1, 2);
+        let empty = vec![0u32; truth.len()];
+        let s = Scores::compare(&empty, &truth);
+        assert_eq!((s.tp, s.fp, s.fn_), (0, 0, 2));
+        assert_eq!((s.pixel_dice, s.recall, s.dsb2018_score), (0.0, 0.0, 0.0));
+        let s = Scores::compare(&truth, &empty);
+        assert_eq!((s.tp, s.fp, s.fn_), (0, 2, 0));
+        assert_eq!(s.precision, 0.0);
+        let s = Scores::compare(&empty, &empty);
+        assert_eq!((s.pixel_dice, s.f1_at_05, s.dsb2018_score), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn thresholds_step_through_iou() {
+        let truth = two_squares(1, 2);
+        let mut pred = truth.clone();
+        // Shrink the right square by one column: IoU 12/16 = 0.75, matched at 0.5..0.70 only.
+        for y in 1..5 {
+            pred[y * 12 + 10] = 0;
+        }
+        let s = Scores::compare(&pred, &truth);
+        // Left: IoU 1 at all 10 thresholds; right: IoU 0.75 > 0.50..0.70 (5 thresholds).
+        let expected = (5.0 + 5.0 / 3.0) / 10.0;
+        assert!(
+            (s.dsb2018_score - expected).abs() < 1e-12,
+            "{}",
+            s.dsb2018_score
+        );
+        let mut all = Scores::default();
+        all.accumulate(&s);
+        all.accumulate(&Scores::compare(&truth, &truth));
+        assert_eq!((all.tp, all.n_true), (4, 4));
+    }
+}

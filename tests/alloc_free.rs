@@ -1,0 +1,196 @@
+//! A counting global allocator proves the frame loop's own work (normalization, tiling, stitching,
+//! thresholding) allocates nothing after the first frame of a size, and measures what tract's run
+//! allocates per tile.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            ALLOCS.fetch_add(1, Relaxed);
+            BYTES.fetch_add(l.size(), Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            ALLOCS.fetch_add(1, Relaxed);
+            BYTES.fetch_add(n, Relaxed);
+        }
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Counts allocations made by `f`. Tests in this file run one at a time (see `LOCK`).
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    ALLOCS.store(0, Relaxed);
+    BYTES.store(0, Relaxed);
+    COUNTING.store(true, Relaxed);
+    let r = f();
+    COUNTING.store(false, Relaxed);
+    (r, ALLOCS.load(Relaxed), BYTES.load(Relaxed))
+}
+
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+mod util;
+
+use unet_edge::contract::ModelMeta;
+use unet_edge::model::Model;
+use unet_edge::rng::Rng;
+use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
+
+/// A plain-Rust 3x3 box filter + sigmoid standing in for the network: it allocates nothing, so
+/// whatever the counter sees comes from the segmenter.
+struct BoxFilter {
+    tile: usize,
+    batch: usize,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+impl TileBackend for BoxFilter {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn input_mut(&mut self) -> &mut [f32] {
+        &mut self.input
+    }
+    fn run(&mut self) -> anyhow::Result<&[f32]> {
+        let t = self.tile;
+        for b in 0..self.batch {
+            let (i, o) = (
+                &self.input[b * t * t..(b + 1) * t * t],
+                &mut self.output[b * t * t..(b + 1) * t * t],
+            );
+            for y in 0..t {
+                for x in 0..t {
+                    let mut s = 0.0;
+                    for dy in [-1isize, 0, 1] {
+                        for dx in [-1isize, 0, 1] {
+                            let (yy, xx) = (y as isize + dy, x as isize + dx);
+                            if yy >= 0 && xx >= 0 && (yy as usize) < t && (xx as usize) < t {
+                                s += i[yy as usize * t + xx as usize];
+                            }
+                        }
+                    }
+                    o[y * t + x] = 1.0 / (1.0 + (-(s / 9.0 - 0.5) * 8.0).exp());
+                }
+            }
+        }
+        Ok(&self.output)
+    }
+}
+
+fn frame(seed: u64, w: usize, h: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..w * h).map(|_| rng.uniform() * 4000.0).collect()
+}
+
+#[test]
+fn frame_loop_allocates_nothing_after_the_first_frame() {
+    let _g = LOCK.lock().unwrap();
+    let (tile, batch) = (64, 2);
+    let backend = BoxFilter {
+        tile,
+        batch,
+        input: vec![0.0; batch * tile * tile],
+        output: vec![0.0; batch * tile * tile],
+    };
+    let cfg = SegmentConfig {
+        tile,
+        margin: 8,
+        batch,
+        threads: 1,
+        threshold: 0.5,
+    };
+    let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
+    let (w, h) = (300, 173);
+    let frames: Vec<Vec<f32>> = (0..21).map(|i| frame(i, w, h)).collect();
+    seg.segment(&frames[0], w, h).unwrap();
+    let (fg, allocs, bytes) = count(|| {
+        let mut fg = 0.0;
+        for f in &frames[1..] {
+            seg.segment(f, w, h).unwrap();
+            fg += seg.foreground_fraction();
+        }
+        fg
+    });
+    assert_eq!(
+        (allocs, bytes),
+        (0, 0),
+        "the frame loop allocated {allocs} blocks / {bytes} bytes over 20 frames"
+    );
+    // The loop did real work: about half the pixels of uniform noise are above the box mean.
+    assert!(fg > 1.0 && fg < 19.0, "{fg}");
+}
+
+#[test]
+fn counter_sees_allocations_when_the_frame_size_changes() {
+    let _g = LOCK.lock().unwrap();
+    let backend = BoxFilter {
+        tile: 32,
+        batch: 1,
+        input: vec![0.0; 1024],
+        output: vec![0.0; 1024],
+    };
+    let cfg = SegmentConfig {
+        tile: 32,
+        margin: 4,
+        batch: 1,
+        threads: 1,
+        threshold: 0.5,
+    };
+    let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
+    seg.segment(&frame(0, 50, 50), 50, 50).unwrap();
+    let f = frame(1, 120, 90);
+    let (_, allocs, _) = count(|| seg.segment(&f, 120, 90).unwrap());
+    assert!(allocs > 0, "a new frame size must size new buffers");
+}
+
+#[test]
+fn tract_allocations_per_tile_are_measured() {
+    let _g = LOCK.lock().unwrap();
+    let spec = unet_edge::unet::UNetSpec::default();
+    let bytes = unet_edge::onnx_writer::encode(
+        &spec
+            .random_weights(1)
+            .to_onnx(&ModelMeta::default())
+            .unwrap(),
+    );
+    let model = Model::from_bytes(&bytes, "seed-unet").unwrap();
+    let cfg = SegmentConfig {
+        tile: 128,
+        margin: 24,
+        batch: 1,
+        threads: 1,
+        threshold: 0.5,
+    };
+    let mut seg = Segmenter::new(&model, cfg).unwrap();
+    let (w, h) = (200, 150);
+    let f = frame(2, w, h);
+    seg.segment(&f, w, h).unwrap();
+    let (timing, allocs, bytes) = count(|| seg.segment(&f, w, h).unwrap());
+    let tiles = timing.tiles;
+    println!(
+        "tract run: {} allocations, {:.1} MB per 128x128 tile ({} tiles)",
+        allocs / tiles,
+        bytes as f64 / tiles as f64 / 1e6,
+        tiles
+    );
+    // tract 0.23 allocates every intermediate tensor; if this drops to zero, the performance issue's
+    // arena has landed and this test should become an equality.
+    assert!(allocs > 0);
+}

@@ -1,0 +1,143 @@
+//! End-to-end tests of the real `unet-edge` binary.
+
+mod util;
+
+use unet_edge::contract::ModelMeta;
+use unet_edge::imageio::save_gray16;
+use unet_edge::rng::Rng;
+use unet_edge::synth::{generate, SynthConfig};
+
+fn seed_unet_bytes() -> Vec<u8> {
+    let spec = unet_edge::unet::UNetSpec { base: 4, depth: 2 };
+    unet_edge::onnx_writer::encode(
+        &spec
+            .random_weights(3)
+            .to_onnx(&ModelMeta::default())
+            .unwrap(),
+    )
+}
+
+#[test]
+fn segment_writes_outputs_and_json_and_reports_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let imgs = dir.path().join("in");
+    std::fs::create_dir(&imgs).unwrap();
+    let s = generate(&mut Rng::new(4), 150, 97, &SynthConfig::default());
+    save_gray16(
+        &imgs.join("cells.png"),
+        150,
+        97,
+        s.image.iter().map(|v| *v as u16).collect(),
+    )
+    .unwrap();
+    std::fs::write(imgs.join("broken.png"), b"garbage").unwrap();
+    let out = dir.path().join("out");
+    let o = util::run(&[
+        "segment",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &model,
+        "--tile",
+        "32",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a bad input makes the exit code non-zero"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("broken.png"), "{stderr}");
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let j = &lines[0];
+    assert_eq!(j["width"], 150);
+    assert_eq!(j["height"], 97);
+    assert!(j["tiles"].as_u64().unwrap() >= 12, "{j}");
+    assert!(j["ms_per_tile"].as_f64().unwrap() > 0.0);
+    let ff = j["foreground_fraction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ff));
+    for suffix in ["mask", "prob", "overlay"] {
+        let p = out.join(format!("cells.{suffix}.png"));
+        let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!((img.width(), img.height()), (150, 97));
+    }
+    let mask = image::open(out.join("cells.mask.png")).unwrap().to_luma8();
+    assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+}
+
+#[test]
+fn bench_json_has_the_contracted_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let out = util::run_ok(&[
+        "bench",
+        "--model",
+        &model,
+        "--tiles",
+        "6",
+        "--batch",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+        "--tile",
+        "64",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["threads"], 2);
+    assert_eq!(j["batch"], 2);
+    for k in ["p50", "p90", "p99", "mean"] {
+        assert!(j["ms_per_tile"][k].as_f64().unwrap() > 0.0, "{k}: {j}");
+    }
+    assert!(j["tiles_per_second"].as_f64().unwrap() > 0.0);
+    assert!(j["model"].as_str().unwrap().ends_with("m.onnx"));
+}
+
+#[test]
+fn info_lists_shapes_cost_and_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let out = util::run_ok(&["info", "--model", &model, "--tile", "64"]);
+    assert!(out.contains("input:       f32 [1, 1, 64, 64]"), "{out}");
+    assert!(out.contains("MACs/tile:"), "{out}");
+    assert!(out.contains("unet_edge.normalization"), "{out}");
+    assert!(
+        out.contains("F32"),
+        "operators with their datum type: {out}"
+    );
+}
+
+#[test]
+fn bad_models_and_options_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.onnx");
+    let o = util::run(&["info", "--model", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.onnx"));
+
+    let junk = util::write(dir.path(), "junk.onnx", b"\x08\x01junk");
+    let o = util::run(&["info", "--model", &junk]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let o = util::run(&["bench", "--model", &model, "--tile", "64", "--margin", "32"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = util::run(&[
+        "segment",
+        "x.png",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--model",
+        &model,
+        "--threshold",
+        "3",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--threshold"));
+}

@@ -1,0 +1,91 @@
+//! Shared helpers for the integration tests: small models written with the project's ONNX writer,
+//! a whole-frame reference run, and a harness that drives the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use unet_edge::contract::ModelMeta;
+use unet_edge::model::Model;
+use unet_edge::normalize::Normalization;
+use unet_edge::onnx_writer::{self, ConvSpec, Dim, ElemType, GraphBuilder};
+use unet_edge::rng::Rng;
+
+/// Three 3x3 convolutions (receptive radius 3) with relu and a final sigmoid; identity
+/// normalization so tiling is tested apart from it; dynamic spatial size.
+pub fn three_conv_onnx(seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut g = GraphBuilder::new("three_conv");
+    let shape = [
+        Dim::Symbol("N".into()),
+        Dim::Fixed(1),
+        Dim::Symbol("H".into()),
+        Dim::Symbol("W".into()),
+    ];
+    let mut x = g.input("input", ElemType::F32, &shape);
+    for (i, (cin, cout)) in [(1, 4), (4, 4), (4, 1)].into_iter().enumerate() {
+        let w: Vec<f32> = (0..cout * cin * 9).map(|_| rng.normal() * 0.5).collect();
+        let b: Vec<f32> = (0..cout).map(|_| rng.normal() * 0.1).collect();
+        let w = g.init_f32("w", &[cout, cin, 3, 3], &w).unwrap();
+        let b = g.init_f32("b", &[cout], &b).unwrap();
+        x = g.conv(&x, &w, Some(&b), ConvSpec::same(3));
+        if i < 2 {
+            x = g.relu(&x);
+        }
+    }
+    let y = g.sigmoid(&x);
+    g.output(&y, ElemType::F32, &shape);
+    let meta = ModelMeta {
+        normalization: Normalization::Affine {
+            offset: 0.0,
+            scale: 1.0,
+        },
+        ..Default::default()
+    };
+    for (k, v) in meta.to_props() {
+        g.metadata(&k, &v);
+    }
+    onnx_writer::encode(&g.finish())
+}
+
+/// Whole-frame reference run (see `Model::run_whole`).
+pub fn whole_frame(
+    model: &Model,
+    frame: &[f32],
+    w: usize,
+    h: usize,
+    pad: usize,
+    multiple: usize,
+) -> Vec<f32> {
+    model.run_whole(frame, w, h, pad, multiple).unwrap()
+}
+
+/// The compiled `unet-edge` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_unet-edge"))
+}
+
+/// Runs the binary with `args`.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Runs the binary and returns stdout, failing the test with stderr when it exits non-zero.
+pub fn run_ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "unet-edge {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Writes a file and returns its path as a String.
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}

@@ -1,0 +1,506 @@
+//! Training data: one interface over the synthetic generator, DSB2018 folders and image/mask pairs,
+//! plus crops, resizes and augmentation (flips, 90° turns, gamma, noise, elastic deformation).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use unet_edge::imageio::{is_image_path, load_gray};
+use unet_edge::instances::connected_components;
+use unet_edge::normalize::Normalization;
+use unet_edge::rng::Rng;
+use unet_edge::synth::{self, relabel_dense, Sample, SynthConfig};
+use unet_edge::tiling::reflect;
+
+/// Where training images come from.
+pub enum Dataset {
+    /// Endless synthetic nuclei; sample `i` is generated from seed `seed + i`.
+    Synthetic {
+        /// Generator ranges.
+        cfg: SynthConfig,
+        /// Seed offset; validation uses a disjoint range.
+        seed: u64,
+        /// Side of each generated image before cropping.
+        size: usize,
+    },
+    /// Images loaded from disk with instance labels.
+    Folder(Vec<Sample>),
+}
+
+impl Dataset {
+    /// Number of distinct images, `None` for the endless generator.
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Dataset::Synthetic { .. } => None,
+            Dataset::Folder(v) => Some(v.len()),
+        }
+    }
+
+    /// Image `i` (modulo the dataset size).
+    pub fn get(&self, i: u64) -> Sample {
+        match self {
+            Dataset::Synthetic { cfg, seed, size } => {
+                synth::generate(&mut Rng::new(seed.wrapping_add(i)), *size, *size, cfg)
+            }
+            Dataset::Folder(v) => v[(i % v.len() as u64) as usize].clone(),
+        }
+    }
+
+    /// Loads a DSB2018 stage-1 folder (`ID/images/ID.png`, `ID/masks/*.png`) or a pairs folder
+    /// (`images/X.png` + `masks/X.png`, binary or label image), whichever `root` is.
+    pub fn from_folder(root: &Path) -> Result<Dataset> {
+        if !root.is_dir() {
+            bail!(
+                "{}: not a directory (expected a DSB2018 folder or images/ + masks/ pairs)",
+                root.display()
+            );
+        }
+        let samples = if root.join("images").is_dir() && root.join("masks").is_dir() {
+            load_pairs(root)?
+        } else {
+            load_dsb2018(root)?
+        };
+        if samples.is_empty() {
+            bail!(
+                "{}: no training images found; expected ID/images/ID.png with ID/masks/*.png, or images/X.png with masks/X.png",
+                root.display()
+            );
+        }
+        Ok(Dataset::Folder(samples))
+    }
+}
+
+fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
+    let mut ids: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("{}: cannot list", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("images").is_dir())
+        .collect();
+    ids.sort();
+    let mut out = Vec::new();
+    for dir in ids {
+        let id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let images = sorted_images(&dir.join("images"))?;
+        let img_path = images
+            .iter()
+            .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == id))
+            .or(images.first())
+            .with_context(|| format!("{}: no image in images/", dir.display()))?;
+        let img = load_gray(img_path)?;
+        let masks_dir = dir.join("masks");
+        let masks = if masks_dir.is_dir() {
+            sorted_images(&masks_dir)?
+        } else {
+            vec![]
+        };
+        if masks.is_empty() {
+            bail!(
+                "{}: missing masks (expected {}/*.png, one per nucleus)",
+                img_path.display(),
+                masks_dir.display()
+            );
+        }
+        let mut labels = vec![0u16; img.width * img.height];
+        for (k, mp) in masks.iter().enumerate() {
+            let m = load_gray(mp)?;
+            if (m.width, m.height) != (img.width, img.height) {
+                bail!(
+                    "{}: mask is {}x{} but its image {} is {}x{}",
+                    mp.display(),
+                    m.width,
+                    m.height,
+                    img_path.display(),
+                    img.width,
+                    img.height
+                );
+            }
+            for (l, v) in labels.iter_mut().zip(&m.data) {
+                if *v > 0.0 {
+                    *l = (k + 1).min(u16::MAX as usize) as u16;
+                }
+            }
+        }
+        out.push(Sample {
+            width: img.width,
+            height: img.height,
+            image: img.data,
+            labels,
+        });
+    }
+    Ok(out)
+}
+
+fn load_pairs(root: &Path) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for img_path in sorted_images(&root.join("images"))? {
+        let stem = img_path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mask_path = sorted_images(&root.join("masks"))?
+            .into_iter()
+            .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == stem))
+            .with_context(|| format!("{}: missing mask masks/{stem}.png", img_path.display()))?;
+        let img = load_gray(&img_path)?;
+        let m = load_gray(&mask_path)?;
+        if (m.width, m.height) != (img.width, img.height) {
+            bail!(
+                "{}: mask is {}x{}, image is {}x{}",
+                mask_path.display(),
+                m.width,
+                m.height,
+                img.width,
+                img.height
+            );
+        }
+        let distinct: std::collections::BTreeSet<u32> = m.data.iter().map(|v| *v as u32).collect();
+        let labels = if distinct.len() <= 2 {
+            let fg: Vec<bool> = m.data.iter().map(|v| *v > 0.0).collect();
+            connected_components(&fg, m.width, m.height)
+                .into_iter()
+                .map(|l| l.min(u16::MAX as u32) as u16)
+                .collect()
+        } else {
+            let mut l: Vec<u16> = m.data.iter().map(|v| v.min(65535.0) as u16).collect();
+            relabel_dense(&mut l);
+            l
+        };
+        out.push(Sample {
+            width: img.width,
+            height: img.height,
+            image: img.data,
+            labels,
+        });
+    }
+    Ok(out)
+}
+
+/// Augmentation and crop settings.
+#[derive(Clone, Debug)]
+pub struct Augment {
+    /// Output side.
+    pub tile: usize,
+    /// Random isotropic rescale range (output px per input px).
+    pub scale: (f32, f32),
+    /// Elastic deformation: probability and displacement sigma in px.
+    pub elastic: (f32, f32),
+    /// Whether to augment at all (off for validation).
+    pub enabled: bool,
+}
+
+/// One training example: normalized input, binary target, per-pixel loss weight.
+pub struct Example {
+    /// Normalized image, `tile`x`tile`.
+    pub x: Vec<f32>,
+    /// Foreground target (0/1).
+    pub y: Vec<f32>,
+    /// Loss weight.
+    pub w: Vec<f32>,
+}
+
+/// Cuts and augments a `tile`x`tile` example from `s`; `border` = (w0, sigma) of Ronneberger's
+/// separation weight, `None` for uniform weights.
+pub fn make_example(
+    s: &Sample,
+    aug: &Augment,
+    rng: &mut Rng,
+    border: Option<(f32, f32)>,
+) -> Example {
+    let t = aug.tile;
+    let (w, h) = (s.width as f32, s.height as f32);
+    let scale = if aug.enabled {
+        (rng.range(aug.scale.0.ln(), aug.scale.1.ln())).exp()
+    } else {
+        1.0
+    };
+    // Source window side in input pixels; centre it randomly (images smaller than it are mirrored).
+    let span = t as f32 / scale;
+    let cx = if w > span {
+        rng.range(span / 2.0, w - span / 2.0)
+    } else {
+        w / 2.0
+    };
+    let cy = if h > span {
+        rng.range(span / 2.0, h - span / 2.0)
+    } else {
+        h / 2.0
+    };
+    let turns = if aug.enabled { rng.below(4) } else { 0 };
+    let (flip_x, flip_y) = if aug.enabled {
+        (rng.uniform() < 0.5, rng.uniform() < 0.5)
+    } else {
+        (false, false)
+    };
+    let disp = if aug.enabled && rng.uniform() < aug.elastic.0 {
+        Some(displacement(rng, t, aug.elastic.1))
+    } else {
+        None
+    };
+
+    let mut img = vec![0.0f32; t * t];
+    let mut labels = vec![0u16; t * t];
+    for v in 0..t {
+        for u in 0..t {
+            let (mut a, mut b) = (
+                u as f32 + 0.5 - t as f32 / 2.0,
+                v as f32 + 0.5 - t as f32 / 2.0,
+            );
+            for _ in 0..turns {
+                (a, b) = (-b, a);
+            }
+            if flip_x {
+                a = -a;
+            }
+            if flip_y {
+                b = -b;
+            }
+            if let Some(d) = &disp {
+                a += d.0[v * t + u];
+                b += d.1[v * t + u];
+            }
+            let (sx, sy) = (cx + a / scale - 0.5, cy + b / scale - 0.5);
+            img[v * t + u] = bilinear(&s.image, s.width, s.height, sx, sy);
+            let (nx, ny) = (
+                reflect(sx.round() as isize, s.width),
+                reflect(sy.round() as isize, s.height),
+            );
+            labels[v * t + u] = s.labels[ny * s.width + nx];
+        }
+    }
+    relabel_dense(&mut labels);
+    if aug.enabled {
+        // Gamma on the image's own range, then percentile normalization removes gain and offset.
+        let max = img.iter().copied().fold(1e-6, f32::max);
+        let gamma = rng.range(0.6, 1.6);
+        for p in &mut img {
+            *p = max * (*p / max).max(0.0).powf(gamma);
+        }
+    }
+    Normalization::default().apply_in_place(&mut img, &mut Vec::new());
+    if aug.enabled && rng.uniform() < 0.3 {
+        let sd = rng.range(0.0, 0.06);
+        for p in &mut img {
+            *p += sd * rng.normal();
+        }
+    }
+    let y: Vec<f32> = labels.iter().map(|&l| f32::from(l > 0)).collect();
+    let wts = match border {
+        Some((w0, sigma)) => border_weights(&labels, t, t, w0, sigma),
+        None => vec![1.0; t * t],
+    };
+    Example { x: img, y, w: wts }
+}
+
+fn bilinear(d: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let at = |xi: isize, yi: isize| d[reflect(yi, h) * w + reflect(xi, w)];
+    let (xi, yi) = (x0 as isize, y0 as isize);
+    let top = at(xi, yi) * (1.0 - fx) + at(xi + 1, yi) * fx;
+    let bot = at(xi, yi + 1) * (1.0 - fx) + at(xi + 1, yi + 1) * fx;
+    top * (1.0 - fy) + bot * fy
+}
+
+/// A smooth random displacement field: a coarse 5x5 grid of Gaussian offsets, bilinearly upsampled
+/// (the elastic deformation of Ronneberger 2015).
+fn displacement(rng: &mut Rng, t: usize, sigma: f32) -> (Vec<f32>, Vec<f32>) {
+    const G: usize = 5;
+    let gx: Vec<f32> = (0..G * G).map(|_| sigma * rng.normal()).collect();
+    let gy: Vec<f32> = (0..G * G).map(|_| sigma * rng.normal()).collect();
+    let up = |g: &[f32]| -> Vec<f32> {
+        let mut out = vec![0.0; t * t];
+        for v in 0..t {
+            for u in 0..t {
+                let (x, y) = (
+                    u as f32 / (t - 1) as f32 * (G - 1) as f32,
+                    v as f32 / (t - 1) as f32 * (G - 1) as f32,
+                );
+                let (x0, y0) = (
+                    (x.floor() as usize).min(G - 2),
+                    (y.floor() as usize).min(G - 2),
+                );
+                let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+                let a = g[y0 * G + x0] * (1.0 - fx) + g[y0 * G + x0 + 1] * fx;
+                let b = g[(y0 + 1) * G + x0] * (1.0 - fx) + g[(y0 + 1) * G + x0 + 1] * fx;
+                out[v * t + u] = a * (1.0 - fy) + b * fy;
+            }
+        }
+        out
+    };
+    (up(&gx), up(&gy))
+}
+
+/// Ronneberger's weight map: `1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))` on background pixels,
+/// where d1, d2 are the distances to the nearest and second-nearest nucleus. Distances come from a
+/// chamfer transform of each nucleus inside a window of 3 sigma around it.
+pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -> Vec<f32> {
+    let n = labels.iter().copied().max().unwrap_or(0) as usize;
+    let mut d1 = vec![f32::INFINITY; w * h];
+    let mut d2 = vec![f32::INFINITY; w * h];
+    let reach = (3.0 * sigma).ceil() as usize + 1;
+    let mut bbox = vec![(usize::MAX, usize::MAX, 0usize, 0usize); n + 1];
+    for (i, &l) in labels.iter().enumerate() {
+        if l > 0 {
+            let (x, y) = (i % w, i / w);
+            let b = &mut bbox[l as usize];
+            *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+        }
+    }
+    let mut dist = Vec::new();
+    for (l, &(bx0, by0, bx1, by1)) in bbox.iter().enumerate().skip(1) {
+        if bx0 == usize::MAX {
+            continue;
+        }
+        let (x0, y0) = (bx0.saturating_sub(reach), by0.saturating_sub(reach));
+        let (x1, y1) = ((bx1 + reach + 1).min(w), (by1 + reach + 1).min(h));
+        let (ww, hh) = (x1 - x0, y1 - y0);
+        dist.clear();
+        dist.resize(ww * hh, f32::INFINITY);
+        for y in 0..hh {
+            for x in 0..ww {
+                if labels[(y + y0) * w + x + x0] as usize == l {
+                    dist[y * ww + x] = 0.0;
+                }
+            }
+        }
+        chamfer(&mut dist, ww, hh);
+        for y in 0..hh {
+            for x in 0..ww {
+                let i = (y + y0) * w + x + x0;
+                let d = dist[y * ww + x];
+                if labels[i] == 0 {
+                    if d < d1[i] {
+                        d2[i] = d1[i];
+                        d1[i] = d;
+                    } else if d < d2[i] {
+                        d2[i] = d;
+                    }
+                }
+            }
+        }
+    }
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            if l > 0 || !d2[i].is_finite() {
+                1.0
+            } else {
+                let s = d1[i] + d2[i];
+                1.0 + w0 * (-(s * s) / (2.0 * sigma * sigma)).exp()
+            }
+        })
+        .collect()
+}
+
+fn chamfer(d: &mut [f32], w: usize, h: usize) {
+    const A: f32 = 1.0;
+    const B: f32 = std::f32::consts::SQRT_2;
+    for y in 0..h {
+        for x in 0..w {
+            let mut v = d[y * w + x];
+            if x > 0 {
+                v = v.min(d[y * w + x - 1] + A)
+            }
+            if y > 0 {
+                v = v.min(d[(y - 1) * w + x] + A);
+                if x > 0 {
+                    v = v.min(d[(y - 1) * w + x - 1] + B)
+                }
+                if x + 1 < w {
+                    v = v.min(d[(y - 1) * w + x + 1] + B)
+                }
+            }
+            d[y * w + x] = v;
+        }
+    }
+    for y in (0..h).rev() {
+        for x in (0..w).rev() {
+            let mut v = d[y * w + x];
+            if x + 1 < w {
+                v = v.min(d[y * w + x + 1] + A)
+            }
+            if y + 1 < h {
+                v = v.min(d[(y + 1) * w + x] + A);
+                if x + 1 < w {
+                    v = v.min(d[(y + 1) * w + x + 1] + B)
+                }
+                if x > 0 {
+                    v = v.min(d[(y + 1) * w + x - 1] + B)
+                }
+            }
+            d[y * w + x] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn border_weights_peak_between_touching_nuclei() {
+        // Two squares two pixels apart: the gap gets a high weight, far background ~1.
+        let (w, h) = (20, 10);
+        let mut l = vec![0u16; w * h];
+        for y in 3..7 {
+            for x in 3..8 {
+                l[y * w + x] = 1
+            }
+            for x in 10..15 {
+                l[y * w + x] = 2
+            }
+        }
+        let wt = border_weights(&l, w, h, 10.0, 3.0);
+        assert!(wt[5 * w + 9] > 5.0, "{}", wt[5 * w + 9]);
+        assert_eq!(wt[5 * w + 4], 1.0);
+        assert!(wt[5 * w + 19] < wt[5 * w + 9]);
+    }
+
+    #[test]
+    fn example_without_augmentation_keeps_labels_aligned() {
+        let s = synth::generate(&mut Rng::new(5), 128, 128, &SynthConfig::default());
+        let aug = Augment {
+            tile: 128,
+            scale: (1.0, 1.0),
+            elastic: (0.0, 0.0),
+            enabled: false,
+        };
+        let e = make_example(&s, &aug, &mut Rng::new(0), None);
+        let same =
+            e.y.iter()
+                .zip(&s.labels)
+                .filter(|(y, l)| (**y > 0.5) == (**l > 0))
+                .count();
+        assert_eq!(same, 128 * 128);
+    }
+
+    #[test]
+    fn folder_errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Dataset::from_folder(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("no training images"), "{e}");
+        let id = dir.path().join("abc");
+        std::fs::create_dir_all(id.join("images")).unwrap();
+        unet_edge::imageio::save_gray8(&id.join("images/abc.png"), 4, 4, vec![0; 16]).unwrap();
+        let e = format!("{:#}", Dataset::from_folder(dir.path()).err().unwrap());
+        assert!(e.contains("missing masks") && e.contains("abc.png"), "{e}");
+        std::fs::create_dir_all(id.join("masks")).unwrap();
+        unet_edge::imageio::save_gray8(&id.join("masks/m1.png"), 5, 4, vec![255; 20]).unwrap();
+        let e = format!("{:#}", Dataset::from_folder(dir.path()).err().unwrap());
+        assert!(e.contains("m1.png") && e.contains("5x4"), "{e}");
+    }
+}

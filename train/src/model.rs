@@ -1,0 +1,111 @@
+//! The seed U-Net as a burn module, in the layer order of `unet_edge::unet::UNetSpec`.
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use unet_edge::unet::{ConvLayer, UNetSpec, UNetWeights};
+
+/// U-Net whose forward pass returns logits `[N,1,H,W]`; the exported graph adds the sigmoid.
+#[derive(Module, Debug)]
+pub struct UNet {
+    convs: Vec<Conv2d>,
+    base: usize,
+    depth: usize,
+}
+
+impl UNet {
+    /// A freshly initialised network of the given shape.
+    pub fn new(spec: UNetSpec, device: &Device) -> UNet {
+        let convs = spec
+            .layer_shapes()
+            .into_iter()
+            .map(|(_, o, i, k)| {
+                Conv2dConfig::new([i, o], [k, k])
+                    .with_padding(PaddingConfig2d::Same)
+                    .init(device)
+            })
+            .collect();
+        UNet {
+            convs,
+            base: spec.base,
+            depth: spec.depth,
+        }
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> UNetSpec {
+        UNetSpec {
+            base: self.base,
+            depth: self.depth,
+        }
+    }
+
+    /// Logits for a normalized `[N,1,H,W]` batch (H, W multiples of 2^depth).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut convs = self.convs.iter();
+        let mut cr = |x: Tensor<4>| relu(convs.next().expect("layer").forward(x));
+        let mut x = x;
+        let mut skips = Vec::with_capacity(self.depth);
+        for _ in 0..self.depth {
+            x = cr(x);
+            x = cr(x);
+            skips.push(x.clone());
+            x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+        }
+        x = cr(x);
+        x = cr(x);
+        for skip in skips.into_iter().rev() {
+            let up = interpolate(
+                x,
+                InterpolateOptions::new(InterpolateMode::Nearest).with_scale_factor([2.0, 2.0]),
+            );
+            x = Tensor::cat(vec![up, skip], 1);
+            x = cr(x);
+            x = cr(x);
+        }
+        drop(cr);
+        self.convs.last().expect("head").forward(x)
+    }
+
+    /// The weights as plain data for the runtime's ONNX writer.
+    pub fn to_weights(&self) -> Result<UNetWeights> {
+        let spec = self.spec();
+        let layers = spec
+            .layer_shapes()
+            .into_iter()
+            .zip(&self.convs)
+            .map(|((name, out_ch, in_ch, kernel), c)| -> Result<ConvLayer> {
+                let weight = c
+                    .weight
+                    .val()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let bias = match &c.bias {
+                    Some(b) => b
+                        .val()
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                    None => vec![0.0; out_ch],
+                };
+                Ok(ConvLayer {
+                    name,
+                    out_ch,
+                    in_ch,
+                    kernel,
+                    weight,
+                    bias,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let w = UNetWeights { spec, layers };
+        w.validate()?;
+        Ok(w)
+    }
+}

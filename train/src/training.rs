@@ -1,0 +1,552 @@
+//! The training loop: batches, loss, Adam with warm-up and cosine decay, validation, checkpoints,
+//! resume and ONNX export of the best checkpoint.
+
+use crate::data::{make_example, Augment, Dataset, Example};
+use crate::model::UNet;
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use unet_edge::contract::{ModelMeta, OutputKind, KEY_DIAMETER};
+use unet_edge::imageio::write_atomic;
+use unet_edge::rng::Rng;
+use unet_edge::synth::SynthConfig;
+use unet_edge::unet::UNetSpec;
+
+/// Everything that defines a run; saved as `config.json` beside the weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// `synthetic` or a folder path.
+    pub data: String,
+    /// Filters of the first level.
+    pub base: usize,
+    /// Down-sampling levels.
+    pub depth: usize,
+    /// Tile side.
+    pub tile: usize,
+    /// Examples per step.
+    pub batch: usize,
+    /// Total optimisation steps.
+    pub steps: usize,
+    /// Steps between validations/checkpoints.
+    pub epoch_steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Weight of the soft-Dice term added to BCE (0 = BCE only, as in the seed).
+    pub dice_weight: f32,
+    /// Ronneberger border weight w0 (0 = off) and its sigma in px.
+    pub border_w0: f32,
+    /// Sigma of the border weight, px.
+    pub border_sigma: f32,
+    /// Validation images (synthetic: generated from a disjoint seed range; folder: held-out split).
+    pub val_images: usize,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// Progress saved with each checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Steps done.
+    pub step: usize,
+    /// Best validation Dice so far.
+    pub best_dice: f32,
+    /// IoU at the best Dice.
+    pub best_iou: f32,
+    /// Step of the best checkpoint.
+    pub best_step: usize,
+    /// Seconds spent training (over all resumes).
+    pub seconds: f64,
+    /// Validation history: (step, loss, dice, iou).
+    pub history: Vec<(usize, f32, f32, f32)>,
+}
+
+/// Validation figures.
+#[derive(Clone, Copy, Debug)]
+pub struct ValScore {
+    /// Pixel Dice over the validation set.
+    pub dice: f32,
+    /// Pixel IoU over the validation set.
+    pub iou: f32,
+}
+
+fn lr_at(cfg: &TrainConfig, step: usize) -> f64 {
+    let warm = (cfg.steps / 50).clamp(1, 200);
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    let p = (step - warm) as f64 / (cfg.steps - warm).max(1) as f64;
+    let floor = cfg.lr * 0.02;
+    floor + (cfg.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos())
+}
+
+fn to_tensor(v: Vec<f32>, n: usize, t: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(v, [n, 1, t, t]), device)
+}
+
+/// Binary cross-entropy on logits (numerically stable), weighted per pixel, plus soft Dice.
+fn loss(logits: Tensor<4>, y: Tensor<4>, w: Tensor<4>, dice_weight: f32) -> Tensor<1> {
+    let z = logits;
+    let bce = z.clone().clamp_min(0.0) - z.clone() * y.clone()
+        + (z.clone().abs().neg().exp() + 1.0).log();
+    let wsum = w.clone().sum();
+    let bce = (bce * w).sum() / wsum;
+    if dice_weight <= 0.0 {
+        return bce;
+    }
+    let p = sigmoid(z);
+    let inter = (p.clone() * y.clone()).sum();
+    let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
+    bce + (dice.neg() + 1.0) * dice_weight
+}
+
+fn batch(examples: &[Example], t: usize, device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let n = examples.len();
+    let mut x = Vec::with_capacity(n * t * t);
+    let mut y = Vec::with_capacity(n * t * t);
+    let mut w = Vec::with_capacity(n * t * t);
+    for e in examples {
+        x.extend_from_slice(&e.x);
+        y.extend_from_slice(&e.y);
+        w.extend_from_slice(&e.w);
+    }
+    (
+        to_tensor(x, n, t, device),
+        to_tensor(y, n, t, device),
+        to_tensor(w, n, t, device),
+    )
+}
+
+/// Pixel Dice and IoU of `model` on `val` at threshold 0.5.
+pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Result<ValScore> {
+    let model = model.valid();
+    let (mut inter, mut psum, mut ysum) = (0f64, 0f64, 0f64);
+    for chunk in val.chunks(8) {
+        let (x, _, _) = batch(chunk, t, device);
+        let logits = model
+            .forward(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (z, y) in logits.iter().zip(chunk.iter().flat_map(|e| e.y.iter())) {
+            let p = f64::from(*z > 0.0);
+            inter += p * *y as f64;
+            psum += p;
+            ysum += *y as f64;
+        }
+    }
+    let dice = if psum + ysum == 0.0 {
+        1.0
+    } else {
+        2.0 * inter / (psum + ysum)
+    };
+    let union = psum + ysum - inter;
+    let iou = if union == 0.0 { 1.0 } else { inter / union };
+    Ok(ValScore {
+        dice: dice as f32,
+        iou: iou as f32,
+    })
+}
+
+/// Paths inside a run directory.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    fn last(&self) -> PathBuf {
+        self.0.join("last.bpk")
+    }
+    fn optim(&self) -> PathBuf {
+        self.0.join("optim.bpk")
+    }
+    /// Best checkpoint's weights.
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.bpk")
+    }
+    /// Best checkpoint exported to ONNX.
+    pub fn best_onnx(&self) -> PathBuf {
+        self.0.join("best.onnx")
+    }
+}
+
+fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
+    let t = cfg.tile;
+    let val_aug = Augment {
+        tile: t,
+        scale: (1.0, 1.0),
+        elastic: (0.0, 0.0),
+        enabled: false,
+    };
+    let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
+    if cfg.data == "synthetic" {
+        let train = Dataset::Synthetic {
+            cfg: SynthConfig::default(),
+            seed: cfg.seed,
+            size: t * 2,
+        };
+        // Validation seeds live far from training seeds, so no image is shared.
+        let val_set = Dataset::Synthetic {
+            cfg: SynthConfig::default(),
+            seed: cfg.seed ^ 0x5EED_0000_0000,
+            size: t,
+        };
+        let mut rng = Rng::new(cfg.seed ^ 1);
+        let val = (0..cfg.val_images as u64)
+            .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, border))
+            .collect();
+        return Ok((train, val));
+    }
+    let Dataset::Folder(mut samples) = Dataset::from_folder(Path::new(&cfg.data))? else {
+        unreachable!()
+    };
+    if samples.len() < 2 {
+        bail!(
+            "{}: need at least 2 images to hold one out for validation",
+            cfg.data
+        );
+    }
+    let n_val = cfg.val_images.min(samples.len() / 5).max(1);
+    let val_samples = samples.split_off(samples.len() - n_val);
+    let mut rng = Rng::new(cfg.seed ^ 1);
+    let val = val_samples
+        .iter()
+        .map(|s| make_example(s, &val_aug, &mut rng, border))
+        .collect();
+    Ok((Dataset::Folder(samples), val))
+}
+
+/// Trains (or resumes) a run in `dir`; returns the final state.
+pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
+    if cfg.tile % (1 << cfg.depth) != 0 {
+        bail!(
+            "--tile {} must be a multiple of 2^depth = {}",
+            cfg.tile,
+            1 << cfg.depth
+        );
+    }
+    if cfg.batch == 0 || cfg.steps == 0 || cfg.epoch_steps == 0 {
+        bail!("--batch, --steps and --epoch-steps must be at least 1");
+    }
+    let run = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let device = Device::flex().autodiff();
+    let spec = UNetSpec {
+        base: cfg.base,
+        depth: cfg.depth,
+    };
+    let mut model = UNet::new(spec, &device);
+    let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+    let mut state = TrainState::default();
+    if resume {
+        let saved: TrainConfig = serde_json::from_slice(
+            &std::fs::read(run.config())
+                .with_context(|| format!("--resume: no {}", run.config().display()))?,
+        )?;
+        // Only --steps may change on resume (to extend a run); anything else would mix two runs.
+        if (TrainConfig {
+            steps: cfg.steps,
+            ..saved.clone()
+        }) != cfg
+        {
+            bail!(
+                "--resume: the options differ from the run's {} (only --steps may change); resume with the same options",
+                run.config().display()
+            );
+        }
+        write_atomic(
+            &run.config(),
+            serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+        state =
+            serde_json::from_slice(&std::fs::read(run.state())?).context("reading state.json")?;
+        model = model
+            .try_load_file(run.last())
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.last().display()))?;
+        optim = optim
+            .load(run.optim())
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.optim().display()))?;
+        eprintln!("resuming {} at step {}", dir.display(), state.step);
+    } else {
+        write_atomic(
+            &run.config(),
+            serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+    }
+    let (data, val) = load_data(&cfg)?;
+    let aug = Augment {
+        tile: cfg.tile,
+        scale: (0.6, 1.6),
+        elastic: (0.5, 4.0),
+        enabled: true,
+    };
+    let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
+
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} step  eta {eta}  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_position(state.step as u64);
+    let mut ema_loss = f32::NAN;
+    let mut ema_dice = f32::NAN;
+    let t_start = Instant::now();
+    let seconds_before = state.seconds;
+    let start_step = state.step;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+        let examples: Vec<Example> = (0..cfg.batch)
+            .map(|j| {
+                let idx = (step * cfg.batch + j) as u64;
+                let pick = match data.len() {
+                    Some(n) => rng.below(n) as u64,
+                    None => idx,
+                };
+                make_example(&data.get(pick), &aug, &mut rng, border)
+            })
+            .collect();
+        let (x, y, w) = batch(&examples, cfg.tile, &device);
+        let logits = model.forward(x);
+        let l = loss(logits.clone(), y.clone(), w, cfg.dice_weight);
+        let loss_v = l.clone().into_scalar::<f32>();
+        if !loss_v.is_finite() {
+            bail!("loss became {loss_v} at step {step}; lower --lr");
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(lr_at(&cfg, step), model, grads);
+        // Training Dice from this batch's predictions, for the progress line.
+        let p = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let (mut i2, mut s) = (0.0f32, 0.0f32);
+        for (z, e) in p.iter().zip(examples.iter().flat_map(|e| e.y.iter())) {
+            let pz = f32::from(*z > 0.0);
+            i2 += 2.0 * pz * e;
+            s += pz + e;
+        }
+        let dice = if s > 0.0 { i2 / s } else { 1.0 };
+        ema_loss = if ema_loss.is_nan() {
+            loss_v
+        } else {
+            0.95 * ema_loss + 0.05 * loss_v
+        };
+        ema_dice = if ema_dice.is_nan() {
+            dice
+        } else {
+            0.95 * ema_dice + 0.05 * dice
+        };
+        state.step += 1;
+        bar.set_position(state.step as u64);
+        bar.set_message(format!(
+            "loss {ema_loss:.4}  dice {ema_dice:.3}  lr {:.1e}",
+            lr_at(&cfg, step)
+        ));
+        if bar.is_hidden() && state.step % 25 == 0 {
+            // No terminal (a log file): plain progress lines instead of the bar.
+            eprintln!(
+                "step {}/{}  loss {ema_loss:.4}  dice {ema_dice:.3}  lr {:.1e}  {:.2} s/step",
+                state.step,
+                cfg.steps,
+                lr_at(&cfg, step),
+                t_start.elapsed().as_secs_f64() / (state.step - start_step) as f64
+            );
+        }
+        if state.step % cfg.epoch_steps == 0 || state.step == cfg.steps {
+            let v = validate(&model, &val, cfg.tile, &device)?;
+            state.seconds = seconds_before + t_start.elapsed().as_secs_f64();
+            state.history.push((state.step, ema_loss, v.dice, v.iou));
+            let line = format!(
+                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}  ({:.2} s/step)",
+                state.step,
+                v.dice,
+                v.iou,
+                t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+            if v.dice >= state.best_dice {
+                state.best_dice = v.dice;
+                state.best_iou = v.iou;
+                state.best_step = state.step;
+                model
+                    .clone()
+                    .save_file(run.best())
+                    .map_err(|e| anyhow::anyhow!("saving best: {e:?}"))?;
+                export(&model, &cfg, &state, &run.best_onnx())?;
+            }
+            model
+                .clone()
+                .save_file(run.last())
+                .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+            optim
+                .save(run.optim())
+                .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+            write_atomic(
+                &run.state(),
+                serde_json::to_string_pretty(&state)?.as_bytes(),
+            )?;
+        }
+    }
+    bar.finish();
+    Ok(state)
+}
+
+/// Writes `model` as an ONNX file with the contract's metadata.
+pub fn export(model: &UNet, cfg: &TrainConfig, state: &TrainState, out: &Path) -> Result<()> {
+    let weights = model.to_weights()?;
+    let mut meta = ModelMeta {
+        output: OutputKind::Probability,
+        tile: Some(cfg.tile),
+        ..Default::default()
+    };
+    meta.props.insert(KEY_DIAMETER.into(), "5-56".into());
+    meta.props
+        .insert("unet_edge.training_data".into(), cfg.data.clone());
+    meta.props.insert(
+        "unet_edge.trainer".into(),
+        format!("unet-train {}", env!("CARGO_PKG_VERSION")),
+    );
+    meta.props
+        .insert("unet_edge.train_steps".into(), state.step.to_string());
+    meta.props.insert(
+        "unet_edge.val_dice".into(),
+        format!("{:.4}", state.best_dice),
+    );
+    meta.props
+        .insert("unet_edge.seed".into(), cfg.seed.to_string());
+    let proto = weights.to_onnx(&meta)?;
+    write_atomic(out, &unet_edge::onnx_writer::encode(&proto))
+}
+
+/// Loads a run's best checkpoint and exports it.
+pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
+    let run = RunDir(dir.to_path_buf());
+    let cfg: TrainConfig =
+        serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
+            format!("{}: not a run directory (no config.json)", dir.display())
+        })?)?;
+    let state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
+    let device = Device::flex();
+    let model = UNet::new(
+        UNetSpec {
+            base: cfg.base,
+            depth: cfg.depth,
+        },
+        &device,
+    )
+    .try_load_file(run.best())
+    .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.best().display()))?;
+    export(&model, &cfg, &state, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unet_edge::model::Model;
+
+    fn tiny(steps: usize) -> TrainConfig {
+        TrainConfig {
+            data: "synthetic".into(),
+            base: 4,
+            depth: 2,
+            tile: 32,
+            batch: 2,
+            steps,
+            epoch_steps: 2,
+            lr: 1e-3,
+            dice_weight: 0.5,
+            border_w0: 5.0,
+            border_sigma: 3.0,
+            val_images: 4,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn burn_forward_matches_tract_on_the_exported_onnx() {
+        let device = Device::flex();
+        let model = UNet::new(UNetSpec { base: 4, depth: 2 }, &device);
+        let mut rng = Rng::new(11);
+        let (n, t) = (2, 32);
+        let x: Vec<f32> = (0..n * t * t).map(|_| rng.normal()).collect();
+        let burn_out = sigmoid(model.forward(to_tensor(x.clone(), n, t, &device)))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        export(&model, &tiny(1), &TrainState::default(), &path).unwrap();
+        let m = Model::from_path(&path).unwrap();
+        let mut r = m.plan(n, t).unwrap().runner().unwrap();
+        r.input_mut().copy_from_slice(&x);
+        let tract_out = r.run().unwrap();
+        let max = burn_out
+            .iter()
+            .zip(tract_out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max <= 1e-4, "burn vs tract max abs diff {max}");
+        let spread = burn_out.iter().copied().fold(f32::MIN, f32::max)
+            - burn_out.iter().copied().fold(f32::MAX, f32::min);
+        assert!(
+            spread > 1e-3,
+            "outputs must vary for the comparison to mean anything: {spread}"
+        );
+    }
+
+    #[test]
+    fn smoke_train_resume_export_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = train(tiny(2), dir.path(), false).unwrap();
+        assert_eq!(s.step, 2);
+        assert_eq!(s.history.len(), 1);
+        let mut other = tiny(4);
+        other.lr = 0.1;
+        let e = train(other, dir.path(), true).err().map(|e| e.to_string());
+        assert!(
+            e.unwrap().contains("differ"),
+            "resume with other options is refused"
+        );
+        // Resume continues from the checkpoint; --steps may grow to extend the run.
+        let s = train(tiny(4), dir.path(), true).unwrap();
+        assert_eq!(s.step, 4);
+        assert_eq!(
+            s.history.len(),
+            2,
+            "one validation per epoch, none repeated"
+        );
+        let onnx = RunDir(dir.path().to_path_buf()).best_onnx();
+        let m = Model::from_path(&onnx).unwrap();
+        assert_eq!(m.meta.tile, Some(32));
+        let mut r = m.plan(1, 32).unwrap().runner().unwrap();
+        let out = r.run().unwrap();
+        assert_eq!(out.len(), 32 * 32);
+        assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
+        let out2 = dir.path().join("again.onnx");
+        export_run(dir.path(), &out2).unwrap();
+        assert!(Model::from_path(&out2).is_ok());
+    }
+
+    #[test]
+    fn lr_schedule_warms_up_and_decays() {
+        let c = tiny(1000);
+        assert!(lr_at(&c, 0) < lr_at(&c, 19));
+        assert!((lr_at(&c, 20) - c.lr).abs() < 1e-6);
+        assert!(lr_at(&c, 999) < c.lr * 0.05);
+    }
+}

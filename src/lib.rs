@@ -6,14 +6,17 @@
 //! architecture, and the synthetic nuclei generator.
 
 pub mod contract;
+pub mod gpio;
 pub mod imageio;
 pub mod instances;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod onnx_writer;
 pub mod rng;
 pub mod segmenter;
+pub mod source;
 pub mod synth;
 pub mod tiling;
 pub mod unet;

@@ -6,11 +6,21 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Nuclei segmentation with an overlap-tile U-Net on tract, for microscope cameras and image files.
+///
+/// Without a subcommand it runs the live loop: `unet-edge --input frames/ --fps 10`, or raw frames
+/// on stdin with `--input - --width W --height H`.
 #[derive(Parser, Debug)]
-#[command(name = "unet-edge", version, about, long_about = None)]
+#[command(
+    name = "unet-edge",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    live: commands::live::LiveArgs,
 }
 
 /// Model and tiling options shared by every command that runs the network.
@@ -50,10 +60,17 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Segment(a) => commands::segment::run(a),
-        Command::Bench(a) => commands::bench::run(a),
-        Command::Info(a) => commands::info::run(a),
-        Command::Eval(a) => commands::eval::run(a),
+        Some(Command::Segment(a)) => commands::segment::run(a),
+        Some(Command::Bench(a)) => commands::bench::run(a),
+        Some(Command::Info(a)) => commands::info::run(a),
+        Some(Command::Eval(a)) => commands::eval::run(a),
+        None if cli.live.has_source() => commands::live::run(cli.live),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            eprintln!("\nerror: give a subcommand, or --camera / --input for the live loop");
+            std::process::exit(2);
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -42,12 +42,12 @@ impl Rng {
         ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
     }
 
-    /// Poisson sample with mean `lambda` (Knuth for small means, normal approximation above).
+    /// Poisson sample with mean `lambda` (Knuth below 12, rounded normal approximation above).
     pub fn poisson(&mut self, lambda: f32) -> f32 {
         if lambda <= 0.0 {
             return 0.0;
         }
-        if lambda > 30.0 {
+        if lambda > 12.0 {
             return (lambda + lambda.sqrt() * self.normal()).max(0.0).round();
         }
         let l = (-lambda as f64).exp();

@@ -194,3 +194,35 @@ fn tract_allocations_per_tile_are_measured() {
     // arena has landed and this test should become an equality.
     assert!(allocs > 0);
 }
+
+#[test]
+fn instance_separation_allocates_nothing_after_the_first_frame() {
+    let _g = LOCK.lock().unwrap();
+    use unet_edge::instances::{InstanceConfig, Instances};
+    use unet_edge::synth::{generate, SynthConfig};
+    let (w, h) = (256, 200);
+    let samples: Vec<_> = (0..11)
+        .map(|i| generate(&mut Rng::new(i), w, h, &SynthConfig::default()))
+        .collect();
+    let masks: Vec<Vec<u8>> = samples.iter().map(|s| s.mask()).collect();
+    let mut inst = Instances::new();
+    let cfg = InstanceConfig::default();
+    // Warm up on the most crowded frame so the nuclei table has its largest capacity.
+    let busiest = (0..samples.len())
+        .max_by_key(|&i| samples[i].count())
+        .unwrap();
+    inst.run(&masks[busiest], &samples[busiest].image, w, h, &cfg);
+    let (total, allocs, bytes) = count(|| {
+        let mut total = 0;
+        for (m, s) in masks.iter().zip(&samples).skip(1) {
+            total += inst.run(m, &s.image, w, h, &cfg);
+        }
+        total
+    });
+    assert_eq!(
+        (allocs, bytes),
+        (0, 0),
+        "instance separation allocated {allocs} blocks / {bytes} bytes"
+    );
+    assert!(total > 20, "{total}");
+}

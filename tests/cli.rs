@@ -141,3 +141,118 @@ fn bad_models_and_options_fail_with_clear_errors() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--threshold"));
 }
+
+#[test]
+fn segment_writes_labels_and_table_and_eval_scores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let input = dir.path().join("in");
+    let truth = dir.path().join("truth");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::create_dir_all(&truth).unwrap();
+    let s = generate(&mut Rng::new(8), 96, 80, &SynthConfig::default());
+    save_gray16(
+        &input.join("a.png"),
+        96,
+        80,
+        s.image.iter().map(|v| *v as u16).collect(),
+    )
+    .unwrap();
+    save_gray16(&truth.join("a.png"), 96, 80, s.labels.clone()).unwrap();
+    let out = dir.path().join("out");
+    let stdout = util::run_ok(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &model,
+        "--tile",
+        "32",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let n = j["nuclei"].as_u64().unwrap() as usize;
+    let csv = std::fs::read_to_string(out.join("a.nuclei.csv")).unwrap();
+    assert!(csv.starts_with("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0"));
+    assert_eq!(csv.lines().count(), n + 1, "one row per nucleus");
+    let labels = image::open(out.join("a.labels.png")).unwrap().to_luma16();
+    assert_eq!(*labels.pixels().map(|p| &p.0[0]).max().unwrap() as usize, n);
+
+    // Scoring the truth against itself is perfect; the random-weight model is not.
+    let perfect = dir.path().join("perfect");
+    std::fs::create_dir_all(&perfect).unwrap();
+    save_gray16(&perfect.join("a.labels.png"), 96, 80, s.labels.clone()).unwrap();
+    let e = util::run_ok(&[
+        "eval",
+        "--pred",
+        perfect.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    assert_eq!(e["overall"]["pixel_dice"], 1.0);
+    assert_eq!(e["overall"]["dsb2018_score"], 1.0);
+    assert_eq!(e["images"][0]["name"], "a");
+    let e = util::run_ok(&[
+        "eval",
+        "--pred",
+        out.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    for k in ["pixel_dice", "pixel_iou", "f1_at_0.5", "dsb2018_score"] {
+        let v = e["overall"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+
+    // A prediction without ground truth is an error naming it; the others are still scored.
+    save_gray16(&perfect.join("orphan.labels.png"), 4, 4, vec![0; 16]).unwrap();
+    let o = util::run(&[
+        "eval",
+        "--pred",
+        perfect.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("orphan"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("OVERALL"));
+}
+
+#[test]
+fn eval_reads_dsb2018_mask_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let pred = dir.path().join("pred");
+    let masks = dir.path().join("truth/img1/masks");
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    let (w, h) = (10, 4);
+    let mut a = vec![0u8; w * h];
+    let mut b = vec![0u8; w * h];
+    let mut labels = vec![0u16; w * h];
+    for y in 0..4 {
+        for x in 0..4 {
+            a[y * w + x] = 255;
+            labels[y * w + x] = 5;
+            b[y * w + x + 6] = 255;
+            labels[y * w + x + 6] = 9;
+        }
+    }
+    unet_edge::imageio::save_gray8(&masks.join("m1.png"), w, h, a).unwrap();
+    unet_edge::imageio::save_gray8(&masks.join("m2.png"), w, h, b).unwrap();
+    save_gray16(&pred.join("img1.labels.png"), w, h, labels).unwrap();
+    let e = util::run_ok(&[
+        "eval",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        dir.path().join("truth").to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    assert_eq!(e["overall"]["tp"], 2);
+    assert_eq!(e["overall"]["f1_at_0.5"], 1.0);
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod info;
+pub mod live;
 pub mod segment;
 
 use crate::RunArgs;

@@ -1,0 +1,381 @@
+//! Frame sources for the live loop: image files played as a stream, raw frames on a pipe, and
+//! the pixel-format conversions they share. Each source converts into a caller-owned
+//! [`FrameBuf`], so steady-state capture allocates nothing (image-file decoding aside).
+
+use crate::imageio::{is_image_path, load_gray};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A greyscale frame of raw intensities, reused from frame to frame.
+#[derive(Clone, Debug, Default)]
+pub struct FrameBuf {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Row-major intensities.
+    pub data: Vec<f32>,
+    /// Sequence number from the source.
+    pub index: u64,
+    /// When the source delivered it, for end-to-end latency.
+    pub captured: Option<Instant>,
+}
+
+impl FrameBuf {
+    /// Sets the size, growing the buffer only when it must.
+    pub fn resize(&mut self, width: usize, height: usize) {
+        self.width = width;
+        self.height = height;
+        self.data.resize(width * height, 0.0);
+    }
+}
+
+/// Why a source could not deliver a frame; the live loop branches on it.
+#[derive(Debug)]
+pub enum SourceError {
+    /// Nothing arrived within the timeout; try again.
+    Timeout,
+    /// The device went away (unplug, ENODEV, EIO); retry with backoff.
+    Disconnected(String),
+    /// This frame was damaged (e.g. truncated MJPEG); skip and count it.
+    Corrupt(String),
+    /// Cannot continue (bad format, unreadable input).
+    Fatal(anyhow::Error),
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Timeout => write!(f, "no frame within the timeout"),
+            SourceError::Disconnected(s) => write!(f, "source disconnected: {s}"),
+            SourceError::Corrupt(s) => write!(f, "corrupt frame: {s}"),
+            SourceError::Fatal(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// What a source returns per call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// `out` holds a new frame.
+    Frame,
+    /// The stream ended (last file played, pipe closed).
+    End,
+}
+
+/// Something that produces frames.
+pub trait FrameSource: Send {
+    /// Waits up to `timeout` for the next frame and converts it into `out`.
+    fn next_into(&mut self, out: &mut FrameBuf, timeout: Duration) -> Result<Next, SourceError>;
+}
+
+/// Pixel layouts of raw frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PixFmt {
+    /// 8-bit grey, one byte per pixel.
+    Gray8,
+    /// 16-bit grey, little-endian.
+    Gray16le,
+    /// YUV 4:2:2 packed (Y0 U Y1 V); only luma is used.
+    Yuyv,
+}
+
+impl PixFmt {
+    /// Bytes of one `width`x`height` frame.
+    pub fn frame_bytes(self, width: usize, height: usize) -> usize {
+        match self {
+            PixFmt::Gray8 => width * height,
+            PixFmt::Gray16le | PixFmt::Yuyv => 2 * width * height,
+        }
+    }
+
+    /// Converts one raw frame into intensities; `raw` must hold exactly one frame.
+    pub fn convert(self, raw: &[u8], out: &mut [f32]) {
+        match self {
+            PixFmt::Gray8 => out.iter_mut().zip(raw).for_each(|(o, &b)| *o = b as f32),
+            PixFmt::Gray16le => out
+                .iter_mut()
+                .zip(raw.chunks_exact(2))
+                .for_each(|(o, b)| *o = u16::from_le_bytes([b[0], b[1]]) as f32),
+            // Luma is every other byte: fluorescence is monochrome, chroma carries nothing.
+            PixFmt::Yuyv => out
+                .iter_mut()
+                .zip(raw.iter().step_by(2))
+                .for_each(|(o, &y)| *o = y as f32),
+        }
+    }
+}
+
+/// Decodes one MJPEG (JPEG) frame to luma; a damaged frame is [`SourceError::Corrupt`].
+pub fn decode_mjpeg(jpeg: &[u8], out: &mut FrameBuf) -> Result<(), SourceError> {
+    let img = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
+        .map_err(|e| SourceError::Corrupt(e.to_string()))?
+        .into_luma8();
+    out.resize(img.width() as usize, img.height() as usize);
+    out.data
+        .iter_mut()
+        .zip(img.as_raw())
+        .for_each(|(o, &v)| *o = v as f32);
+    Ok(())
+}
+
+/// Paces a source to a frame rate (no pacing when `fps` is 0).
+struct Pacer {
+    period: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(fps: f32) -> Pacer {
+        Pacer {
+            period: (fps > 0.0).then(|| Duration::from_secs_f32(1.0 / fps)),
+            next: None,
+        }
+    }
+
+    fn wait(&mut self) {
+        let Some(p) = self.period else { return };
+        let now = Instant::now();
+        let due = self.next.unwrap_or(now);
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        // Late frames do not accumulate debt: the schedule restarts from now.
+        self.next = Some(due.max(now) + p);
+    }
+}
+
+/// Image files played as a stream, in name order, at `fps` (0 = as fast as they decode).
+pub struct FileSource {
+    files: Vec<PathBuf>,
+    at: usize,
+    pacer: Pacer,
+}
+
+impl FileSource {
+    /// A directory of images, a single file, or a pattern with `*` in its file name (`dir/frame*.png`).
+    pub fn open(spec: &Path, fps: f32) -> anyhow::Result<FileSource> {
+        let files = expand_frames(spec)?;
+        Ok(FileSource {
+            files,
+            at: 0,
+            pacer: Pacer::new(fps),
+        })
+    }
+
+    /// Number of frames in the stream.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when the stream has no frames (never, after a successful open).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((pre, rest)) => {
+            if !name.starts_with(pre) {
+                return false;
+            }
+            let tail = &name[pre.len()..];
+            if !rest.contains('*') {
+                return tail.ends_with(rest);
+            }
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && matches(rest, &tail[i..]))
+        }
+    }
+}
+
+/// The frames named by a directory, a file, or a `*` pattern, sorted by name.
+pub fn expand_frames(spec: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let name = spec
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut files: Vec<PathBuf> = if spec.is_dir() {
+        std::fs::read_dir(spec)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image_path(p))
+            .collect()
+    } else if name.contains('*') {
+        let dir = spec
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::read_dir(dir)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--input {}: cannot list {}: {e}",
+                    spec.display(),
+                    dir.display()
+                )
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .is_some_and(|n| matches(&name, &n.to_string_lossy()))
+            })
+            .collect()
+    } else if spec.is_file() {
+        vec![spec.to_path_buf()]
+    } else {
+        anyhow::bail!("--input {}: no such file or directory", spec.display());
+    };
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!(
+            "--input {}: no .png, .tif, .tiff, .jpg or .jpeg frames",
+            spec.display()
+        );
+    }
+    Ok(files)
+}
+
+impl FrameSource for FileSource {
+    fn next_into(&mut self, out: &mut FrameBuf, _timeout: Duration) -> Result<Next, SourceError> {
+        let Some(path) = self.files.get(self.at) else {
+            return Ok(Next::End);
+        };
+        self.at += 1;
+        self.pacer.wait();
+        let img = load_gray(path).map_err(|e| SourceError::Corrupt(format!("{e:#}")))?;
+        out.resize(img.width, img.height);
+        out.data.copy_from_slice(&img.data);
+        out.index = self.at as u64 - 1;
+        Ok(Next::Frame)
+    }
+}
+
+/// Raw frames of a fixed size and pixel format from a byte stream (stdin, a pipe from ffmpeg or
+/// GStreamer).
+pub struct RawSource<R: Read + Send> {
+    reader: R,
+    fmt: PixFmt,
+    width: usize,
+    height: usize,
+    raw: Vec<u8>,
+    count: u64,
+}
+
+impl<R: Read + Send> RawSource<R> {
+    /// Frames of `width`x`height` in `fmt` from `reader`.
+    pub fn new(
+        reader: R,
+        fmt: PixFmt,
+        width: usize,
+        height: usize,
+    ) -> anyhow::Result<RawSource<R>> {
+        if width == 0 || height == 0 {
+            anyhow::bail!("raw input needs --width and --height (got {width}x{height})");
+        }
+        if fmt == PixFmt::Yuyv && width % 2 != 0 {
+            anyhow::bail!("--pixfmt yuyv needs an even --width (got {width})");
+        }
+        Ok(RawSource {
+            reader,
+            fmt,
+            width,
+            height,
+            raw: vec![0; fmt.frame_bytes(width, height)],
+            count: 0,
+        })
+    }
+}
+
+impl<R: Read + Send> FrameSource for RawSource<R> {
+    fn next_into(&mut self, out: &mut FrameBuf, _timeout: Duration) -> Result<Next, SourceError> {
+        let mut filled = 0;
+        while filled < self.raw.len() {
+            match self.reader.read(&mut self.raw[filled..]) {
+                Ok(0) if filled == 0 => return Ok(Next::End),
+                Ok(0) => {
+                    return Err(SourceError::Corrupt(format!(
+                        "stream ended inside a frame ({filled} of {} bytes)",
+                        self.raw.len()
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(SourceError::Fatal(anyhow::anyhow!(
+                        "reading raw frames: {e}"
+                    )))
+                }
+            }
+        }
+        out.resize(self.width, self.height);
+        self.fmt.convert(&self.raw, &mut out.data);
+        out.index = self.count;
+        self.count += 1;
+        Ok(Next::Frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_of_recorded_frames() {
+        let mut out = vec![0.0; 4];
+        PixFmt::Gray8.convert(&[0, 1, 128, 255], &mut out);
+        assert_eq!(out, vec![0.0, 1.0, 128.0, 255.0]);
+        PixFmt::Gray16le.convert(&[0x34, 0x12, 0xff, 0xff, 0, 0, 1, 0], &mut out);
+        assert_eq!(out, vec![4660.0, 65535.0, 0.0, 1.0]);
+        // Y0 U Y1 V Y2 U Y3 V
+        PixFmt::Yuyv.convert(&[10, 128, 20, 128, 30, 99, 40, 99], &mut out);
+        assert_eq!(out, vec![10.0, 20.0, 30.0, 40.0]);
+    }
+
+    #[test]
+    fn mjpeg_decodes_and_corrupt_frames_are_typed() {
+        let mut jpeg = Vec::new();
+        let img = image::GrayImage::from_fn(16, 8, |x, _| image::Luma([(x * 16) as u8]));
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let mut f = FrameBuf::default();
+        decode_mjpeg(&jpeg, &mut f).unwrap();
+        assert_eq!((f.width, f.height), (16, 8));
+        assert!(f.data[15] > f.data[0] + 150.0);
+        let truncated = &jpeg[..jpeg.len() / 3];
+        assert!(matches!(
+            decode_mjpeg(truncated, &mut f),
+            Err(SourceError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn raw_source_reads_frames_and_flags_a_torn_tail() {
+        let bytes: Vec<u8> = (0..2 * 6 + 3).map(|i| i as u8).collect();
+        let mut src = RawSource::new(&bytes[..], PixFmt::Gray8, 3, 2).unwrap();
+        let mut f = FrameBuf::default();
+        assert_eq!(src.next_into(&mut f, Duration::ZERO).unwrap(), Next::Frame);
+        assert_eq!(f.data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(src.next_into(&mut f, Duration::ZERO).unwrap(), Next::Frame);
+        assert_eq!(f.index, 1);
+        assert!(matches!(
+            src.next_into(&mut f, Duration::ZERO),
+            Err(SourceError::Corrupt(_))
+        ));
+        assert!(RawSource::new(&bytes[..], PixFmt::Yuyv, 3, 2).is_err());
+    }
+
+    #[test]
+    fn patterns_match_like_a_shell() {
+        assert!(matches("frame*.png", "frame001.png"));
+        assert!(!matches("frame*.png", "frame001.tif"));
+        assert!(matches("*a*b", "xaxxb"));
+        assert!(!matches("*a*b", "xbxa"));
+    }
+}

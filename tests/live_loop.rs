@@ -1,0 +1,407 @@
+//! The live loop with fake sources: zero allocations per frame after warm-up, camera faults, and
+//! the real binary on a frame directory and on raw frames from stdin.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            ALLOCS.fetch_add(1, Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            ALLOCS.fetch_add(1, Relaxed);
+        }
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+mod util;
+
+use unet_edge::contract::ModelMeta;
+use unet_edge::gpio::{NoPin, Pins};
+use unet_edge::live::{self, LiveConfig};
+use unet_edge::rng::Rng;
+use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
+use unet_edge::source::{FrameBuf, FrameSource, Next, SourceError};
+use unet_edge::synth::{generate, SynthConfig};
+
+/// Thresholds the tile's own pixels: a network stand-in that allocates nothing.
+struct Passthrough {
+    input: Vec<f32>,
+}
+
+impl TileBackend for Passthrough {
+    fn batch(&self) -> usize {
+        1
+    }
+    fn input_mut(&mut self) -> &mut [f32] {
+        &mut self.input
+    }
+    fn run(&mut self) -> anyhow::Result<&[f32]> {
+        for v in &mut self.input {
+            *v = (*v - 0.3).clamp(0.0, 1.0);
+        }
+        Ok(&self.input)
+    }
+}
+
+/// A camera that plays prepared frames, with scripted faults first.
+struct FakeCamera {
+    frames: Vec<Vec<f32>>,
+    width: usize,
+    height: usize,
+    faults: Vec<SourceError>,
+    served: usize,
+    limit: usize,
+}
+
+impl FrameSource for FakeCamera {
+    fn next_into(&mut self, out: &mut FrameBuf, _t: Duration) -> Result<Next, SourceError> {
+        if let Some(f) = self.faults.pop() {
+            return Err(f);
+        }
+        if self.served == self.limit {
+            return Ok(Next::End);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        out.resize(self.width, self.height);
+        out.data
+            .copy_from_slice(&self.frames[self.served % self.frames.len()]);
+        out.index = self.served as u64;
+        self.served += 1;
+        Ok(Next::Frame)
+    }
+}
+
+fn camera(limit: usize, faults: Vec<SourceError>) -> FakeCamera {
+    let (width, height) = (160, 120);
+    let frames = (0..4)
+        .map(|i| generate(&mut Rng::new(i), width, height, &SynthConfig::default()).image)
+        .collect();
+    FakeCamera {
+        frames,
+        width,
+        height,
+        faults,
+        served: 0,
+        limit,
+    }
+}
+
+fn segmenter() -> Segmenter<Passthrough> {
+    let cfg = SegmentConfig {
+        tile: 64,
+        margin: 8,
+        batch: 1,
+        threads: 1,
+        threshold: 0.5,
+    };
+    Segmenter::with_backends(
+        ModelMeta::default(),
+        cfg,
+        vec![Passthrough {
+            input: vec![0.0; 64 * 64],
+        }],
+    )
+    .unwrap()
+}
+
+fn no_pins() -> Pins<NoPin, NoPin, NoPin> {
+    Pins::new(None, None, None, usize::MAX)
+}
+
+#[test]
+fn loop_allocates_nothing_per_frame_after_warm_up() {
+    let _g = LOCK.lock().unwrap();
+    let mut seg = segmenter();
+    let mut log: Vec<u8> = Vec::with_capacity(1 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = LiveConfig {
+        max_frames: Some(130),
+        summary_every: None,
+        ..Default::default()
+    };
+    let counted = std::cell::Cell::new(0usize);
+    let stats = live::run(
+        &mut seg,
+        camera(10_000, vec![]),
+        &mut no_pins(),
+        &mut log,
+        &cfg,
+        &stop,
+        |n| {
+            if n == 20 {
+                ALLOCS.store(0, Relaxed);
+                COUNTING.store(true, Relaxed);
+            }
+            if n == 130 {
+                COUNTING.store(false, Relaxed);
+                counted.set(ALLOCS.load(Relaxed));
+            }
+        },
+    )
+    .unwrap();
+    COUNTING.store(false, Relaxed);
+    assert_eq!(stats.processed, 130);
+    assert_eq!(
+        counted.get(),
+        0,
+        "the loop allocated {} times over 110 frames",
+        counted.get()
+    );
+    let text = String::from_utf8(log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 130);
+    for k in [
+        "timestamp",
+        "frame",
+        "width",
+        "height",
+        "tiles",
+        "ms_per_tile_p50",
+        "ms_per_tile_max",
+        "latency_ms",
+        "nuclei",
+        "foreground_fraction",
+        "dropped",
+    ] {
+        assert!(lines[50].get(k).is_some(), "missing {k}: {}", lines[50]);
+    }
+    assert!(lines.iter().any(|l| l["nuclei"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn unplug_corrupt_frames_and_fatal_errors() {
+    let _g = LOCK.lock().unwrap();
+    let mut seg = segmenter();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = LiveConfig {
+        summary_every: None,
+        ..Default::default()
+    };
+    // Faults pop from the back: timeout, a corrupt frame, an unplug, then frames resume.
+    let faults = vec![
+        SourceError::Disconnected("ENODEV".into()),
+        SourceError::Corrupt("truncated MJPEG".into()),
+        SourceError::Timeout,
+    ];
+    let stats = live::run(
+        &mut seg,
+        camera(5, faults),
+        &mut no_pins(),
+        &mut Vec::new(),
+        &cfg,
+        &stop,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(stats.reconnects, 1);
+    assert_eq!(stats.corrupt, 1);
+    assert!(
+        stats.processed >= 1 && stats.processed + stats.dropped == 5,
+        "{stats:?}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fatal = vec![SourceError::Fatal(anyhow::anyhow!(
+        "device has no capture formats"
+    ))];
+    let e = live::run(
+        &mut seg,
+        camera(5, fatal),
+        &mut no_pins(),
+        &mut Vec::new(),
+        &cfg,
+        &stop,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("no capture formats"), "{e:#}");
+}
+
+#[test]
+fn stop_flag_ends_the_loop_after_the_current_frame() {
+    let _g = LOCK.lock().unwrap();
+    let mut seg = segmenter();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = LiveConfig {
+        summary_every: None,
+        ..Default::default()
+    };
+    let s2 = stop.clone();
+    let stats = live::run(
+        &mut seg,
+        camera(100_000, vec![]),
+        &mut no_pins(),
+        &mut Vec::new(),
+        &cfg,
+        &stop,
+        move |n| {
+            if n == 3 {
+                s2.store(true, Relaxed);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.processed, 3);
+}
+
+fn tiny_model(dir: &std::path::Path) -> String {
+    let spec = unet_edge::unet::UNetSpec { base: 4, depth: 2 };
+    let bytes = unet_edge::onnx_writer::encode(
+        &spec
+            .random_weights(3)
+            .to_onnx(&ModelMeta::default())
+            .unwrap(),
+    );
+    util::write(dir, "m.onnx", &bytes)
+}
+
+#[test]
+fn binary_plays_a_frame_directory_and_raw_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for i in 0..4 {
+        let s = generate(&mut Rng::new(i), 80, 64, &SynthConfig::default());
+        unet_edge::imageio::save_gray16(
+            &frames.join(format!("f{i}.png")),
+            80,
+            64,
+            s.image.iter().map(|v| *v as u16).collect(),
+        )
+        .unwrap();
+    }
+    let saved = dir.path().join("saved");
+    let out = util::run_ok(&[
+        "--input",
+        frames.to_str().unwrap(),
+        "--model",
+        &model,
+        "--tile",
+        "32",
+        "--fps",
+        "50",
+        "--save-every",
+        "2",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines.len() <= 4, "{out}");
+    assert_eq!(lines[0]["width"], 80);
+    assert!(
+        std::fs::read_dir(&saved).unwrap().count() >= 2,
+        "mask and overlay of a saved frame"
+    );
+
+    // Raw 8-bit frames on stdin, as `ffmpeg ... -f rawvideo -pix_fmt gray -` sends them.
+    use std::io::Write;
+    let mut child = std::process::Command::new(util::bin())
+        .args([
+            "--input", "-", "--width", "40", "--height", "30", "--pixfmt", "gray8", "--model",
+            &model, "--tile", "32",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let raw: Vec<u8> = (0..3 * 40 * 30).map(|i| (i % 251) as u8).collect();
+    child.stdin.take().unwrap().write_all(&raw).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = String::from_utf8(o.stdout).unwrap().lines().count();
+    assert!((1..=3).contains(&n), "{n}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("processed"));
+}
+
+#[test]
+fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for i in 0..50 {
+        unet_edge::imageio::save_gray8(
+            &frames.join(format!("f{i:02}.png")),
+            32,
+            32,
+            vec![(i * 5) as u8; 1024],
+        )
+        .unwrap();
+    }
+    let log = dir.path().join("live.jsonl");
+    let child = std::process::Command::new(util::bin())
+        .args([
+            "--input",
+            frames.to_str().unwrap(),
+            "--fps",
+            "5",
+            "--model",
+            &model,
+            "--tile",
+            "32",
+            "--log",
+            log.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        written.lines().count() >= 1 && written.lines().count() < 50,
+        "{written}"
+    );
+    assert!(written.ends_with('\n'), "log flushed whole lines");
+
+    let o = util::run(&["--input", "-", "--model", &model]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--width"));
+    let o = util::run(&["--camera", "/dev/video0", "--model", &model]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("V4L2"));
+    let o = util::run(&[
+        "--input",
+        dir.path().join("none").to_str().unwrap(),
+        "--model",
+        &model,
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("none"));
+}

@@ -172,9 +172,9 @@ impl Instances {
         self.bucket.iter_mut().for_each(|b| *b = 0);
         let q = |d: f32| ((d * LEVELS_PER_PX) as usize).min(levels - 1);
         let mut fg = 0;
-        for i in 0..n {
-            if mask[i] != 0 {
-                self.bucket[q(self.dist[i])] += 1;
+        for (&m, &d) in mask.iter().zip(&self.dist) {
+            if m != 0 {
+                self.bucket[q(d)] += 1;
                 fg += 1;
             }
         }
@@ -184,9 +184,9 @@ impl Instances {
             *b = start;
             start += c;
         }
-        for i in 0..n {
-            if mask[i] != 0 {
-                let k = q(self.dist[i]);
+        for (i, (&m, &d)) in mask.iter().zip(&self.dist).enumerate() {
+            if m != 0 {
+                let k = q(d);
                 self.order[self.bucket[k] as usize] = i as u32;
                 self.bucket[k] += 1;
             }
@@ -258,7 +258,7 @@ impl Instances {
         for r in self.remap.iter_mut() {
             *r = 0;
         }
-        for i in 0..w * h {
+        for (i, &value) in intensity.iter().enumerate().take(w * h) {
             let root = self.labels[i];
             if root == NONE {
                 self.labels[i] = 0;
@@ -293,7 +293,7 @@ impl Instances {
             n.area += 1;
             n.cx += x as f32;
             n.cy += y as f32;
-            n.mean_intensity += intensity[i];
+            n.mean_intensity += value;
             n.bbox = [
                 n.bbox[0].min(x),
                 n.bbox[1].min(y),

@@ -65,7 +65,7 @@ impl std::str::FromStr for Normalization {
         match parts.first().copied() {
             Some("percentile") if parts.len() == 3 => {
                 let (low, high) = (num(1)?, num(2)?);
-                if !(0.0..100.0).contains(&low) || !(low < high && high <= 100.0) {
+                if !((0.0..100.0).contains(&low) && low < high && high <= 100.0) {
                     bail!("bad normalization {s:?}: need 0 <= LOW < HIGH <= 100");
                 }
                 Ok(Normalization::Percentile { low, high })

@@ -231,7 +231,7 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
                     }
                     signal[i] += v;
                 }
-                if halo && s >= 1.0 && s < 2.2 {
+                if halo && (1.0..2.2).contains(&s) {
                     signal[i] += n.brightness * halo_gain * (1.0 - (s - 1.0) / 1.2);
                 }
             }

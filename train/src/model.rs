@@ -68,7 +68,6 @@ impl UNet {
             x = cr(x);
             x = cr(x);
         }
-        drop(cr);
         self.convs.last().expect("head").forward(x)
     }
 

@@ -228,7 +228,7 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
 
 /// Trains (or resumes) a run in `dir`; returns the final state.
 pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
-    if cfg.tile % (1 << cfg.depth) != 0 {
+    if !cfg.tile.is_multiple_of(1 << cfg.depth) {
         bail!(
             "--tile {} must be a multiple of 2^depth = {}",
             cfg.tile,

@@ -10,22 +10,6 @@ use unet_edge::model::Model;
 use unet_edge::rng::Rng;
 use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
-use unet_edge::tiling::TileGrid;
-
-fn seam_mask(g: &TileGrid) -> Vec<bool> {
-    let mut m = vec![false; g.width * g.height];
-    let near = |v: usize, owned: &[(usize, usize)], len: usize| {
-        owned
-            .iter()
-            .any(|&(a, b)| (a > 0 && v + 1 >= a && v <= a) || (b < len && v + 1 >= b && v <= b))
-    };
-    for y in 0..g.height {
-        for x in 0..g.width {
-            m[y * g.width + x] = near(x, &g.xs.owned, g.width) || near(y, &g.ys.owned, g.height);
-        }
-    }
-    m
-}
 
 fn main() -> Result<()> {
     let mut models = Vec::new();
@@ -72,12 +56,12 @@ fn main() -> Result<()> {
                 let t = seg.segment(&f.image, w, h)?;
                 tiles = t.tiles;
                 let reference = model.run_whole(seg.normalized(), w, h, 64, 16)?;
-                let sm = seam_mask(seg.grid().unwrap());
+                let g = seg.grid().unwrap().clone();
                 for i in 0..w * h {
                     let e = (seg.prob()[i] - reference[i]).abs();
                     all += e as f64;
                     max = max.max(e);
-                    if sm[i] {
+                    if g.is_seam(i % w, i / w) {
                         seam += e as f64;
                         n_seam += 1
                     } else {

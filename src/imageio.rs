@@ -27,6 +27,56 @@ pub fn is_image_path(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The image files in `dir` (not recursive), sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Instance labels from a DSB2018-style folder of binary masks, one nucleus per file (ids 1..=n in
+/// file-name order). Returns (width, height, labels).
+pub fn load_instance_masks(dir: &Path) -> Result<(usize, usize, Vec<u32>)> {
+    let files = list_images(dir)?;
+    if files.is_empty() {
+        bail!(
+            "{}: no mask images (expected one PNG per nucleus)",
+            dir.display()
+        );
+    }
+    let mut size = None;
+    let mut labels = Vec::new();
+    for (k, f) in files.iter().enumerate() {
+        let m = load_gray(f)?;
+        match size {
+            None => {
+                size = Some((m.width, m.height));
+                labels = vec![0u32; m.width * m.height];
+            }
+            Some((w, h)) if (w, h) != (m.width, m.height) => {
+                bail!(
+                    "{}: mask is {}x{} but the other masks are {w}x{h}",
+                    f.display(),
+                    m.width,
+                    m.height
+                )
+            }
+            _ => {}
+        }
+        for (l, v) in labels.iter_mut().zip(&m.data) {
+            if *v > 0.0 {
+                *l = k as u32 + 1;
+            }
+        }
+    }
+    let (w, h) = size.expect("at least one mask");
+    Ok((w, h, labels))
+}
+
 /// Loads an image as greyscale; colour images become the mean of their colour channels, which
 /// keeps full precision for single-stain fluorescence (e.g. DAPI stored in the blue channel).
 pub fn load_gray(path: &Path) -> Result<GrayImage> {

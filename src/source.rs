@@ -2,7 +2,7 @@
 //! the pixel-format conversions they share. Each source converts into a caller-owned
 //! [`FrameBuf`], so steady-state capture allocates nothing (image-file decoding aside).
 
-use crate::imageio::{is_image_path, load_gray};
+use crate::imageio::{is_image_path, list_images, load_gray};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -200,10 +200,7 @@ pub fn expand_frames(spec: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut files: Vec<PathBuf> = if spec.is_dir() {
-        std::fs::read_dir(spec)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_path(p))
-            .collect()
+        list_images(spec)?
     } else if name.contains('*') {
         let dir = spec
             .parent()
@@ -220,6 +217,7 @@ pub fn expand_frames(spec: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
+                    && is_image_path(p)
                     && p.file_name()
                         .is_some_and(|n| matches(&name, &n.to_string_lossy()))
             })

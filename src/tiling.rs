@@ -182,6 +182,17 @@ impl TileGrid {
         }
     }
 
+    /// Whether pixel (x, y) lies within 1 px of a boundary between two tiles' owned regions,
+    /// where a seam would show if the margin were too small.
+    pub fn is_seam(&self, x: usize, y: usize) -> bool {
+        let near = |v: usize, axis: &AxisPlan| {
+            axis.owned.iter().any(|&(a, b)| {
+                (a > 0 && v + 1 >= a && v <= a) || (b < axis.len && v + 1 >= b && v <= b)
+            })
+        };
+        near(x, &self.xs) || near(y, &self.ys)
+    }
+
     /// Copies the owned part of tile `k`'s output `src` (`tile`x`tile`) into `frame`.
     pub fn scatter(&self, src: &[f32], k: usize, frame: &mut [f32]) {
         let (t, w) = (self.tile, self.width);
@@ -245,6 +256,16 @@ mod tests {
             g.scatter(&tile, k, &mut out);
         }
         assert_eq!(out, frame);
+    }
+
+    #[test]
+    fn seams_are_the_ownership_boundaries() {
+        let g = TileGrid::new(100, 10, 32, 4).unwrap();
+        let (a, b) = g.xs.owned[0];
+        assert_eq!(a, 0);
+        assert!(g.is_seam(b, 5) && g.is_seam(b - 1, 5));
+        assert!(!g.is_seam(b / 2, 5));
+        assert!(!g.is_seam(0, 5), "the frame border is not a seam");
     }
 
     #[test]

@@ -15,17 +15,12 @@ fn seam_and_other_error(model: &Model) -> (f64, f64, f64) {
     seg.segment(&frame.image, w, h).unwrap();
     let reference = model.run_whole(seg.normalized(), w, h, 64, 16).unwrap();
     let g = seg.grid().unwrap();
-    let near = |v: usize, owned: &[(usize, usize)], len: usize| {
-        owned
-            .iter()
-            .any(|&(a, b)| (a > 0 && v + 1 >= a && v <= a) || (b < len && v + 1 >= b && v <= b))
-    };
     let (mut seam, mut ns, mut other, mut no, mut max) = (0.0, 0usize, 0.0, 0usize, 0.0f64);
     for y in 0..h {
         for x in 0..w {
             let e = (seg.prob()[y * w + x] - reference[y * w + x]).abs() as f64;
             max = max.max(e);
-            if near(x, &g.xs.owned, w) || near(y, &g.ys.owned, h) {
+            if g.is_seam(x, y) {
                 seam += e;
                 ns += 1;
             } else {

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{is_image_path, load_gray, GrayImage};
+use unet_edge::imageio::{load_gray, load_instance_masks, GrayImage};
 use unet_edge::instances::connected_components;
 use unet_edge::metrics::Scores;
 
@@ -72,41 +72,7 @@ fn load_truth(dir: &Path, stem: &str) -> Result<(usize, usize, Vec<u32>)> {
     }
     let masks = dir.join(stem).join("masks");
     if masks.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&masks)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image_path(p))
-            .collect();
-        files.sort();
-        let mut size = None;
-        let mut labels = Vec::new();
-        for (k, f) in files.iter().enumerate() {
-            let m = load_gray(f)?;
-            match size {
-                None => {
-                    size = Some((m.width, m.height));
-                    labels = vec![0u32; m.width * m.height];
-                }
-                Some(s) if s != (m.width, m.height) => {
-                    bail!(
-                        "{}: mask is {}x{}, other masks are {}x{}",
-                        f.display(),
-                        m.width,
-                        m.height,
-                        s.0,
-                        s.1
-                    )
-                }
-                _ => {}
-            }
-            for (l, v) in labels.iter_mut().zip(&m.data) {
-                if *v > 0.0 {
-                    *l = k as u32 + 1;
-                }
-            }
-        }
-        if let Some((w, h)) = size {
-            return Ok((w, h, labels));
-        }
+        return load_instance_masks(&masks);
     }
     bail!(
         "no ground truth for {stem:?} in {}: expected {stem}.png, {stem}.tif or {stem}/masks/*.png",

@@ -4,7 +4,7 @@ use crate::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{self, is_image_path};
+use unet_edge::imageio;
 use unet_edge::instances::{InstanceConfig, Instances, Nucleus};
 use unet_edge::segmenter::Segmenter;
 
@@ -30,25 +30,13 @@ fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            match std::fs::read_dir(p) {
-                Ok(rd) => {
-                    let mut files: Vec<PathBuf> = rd
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|f| f.is_file() && is_image_path(f))
-                        .collect();
-                    files.sort();
-                    if files.is_empty() {
-                        out.push(Err(anyhow::anyhow!(
-                            "{}: directory holds no .png, .tif, .tiff, .jpg or .jpeg files",
-                            p.display()
-                        )));
-                    }
-                    out.extend(files.into_iter().map(Ok));
-                }
-                Err(e) => out.push(Err(anyhow::anyhow!(
-                    "{}: cannot list directory: {e}",
+            match imageio::list_images(p) {
+                Ok(files) if files.is_empty() => out.push(Err(anyhow::anyhow!(
+                    "{}: directory holds no .png, .tif, .tiff, .jpg or .jpeg files",
                     p.display()
                 ))),
+                Ok(files) => out.extend(files.into_iter().map(Ok)),
+                Err(e) => out.push(Err(e)),
             }
         } else {
             out.push(Ok(p.clone()));

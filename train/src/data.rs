@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{is_image_path, load_gray};
+use unet_edge::imageio::{list_images, load_gray, load_instance_masks};
 use unet_edge::instances::connected_components;
 use unet_edge::normalize::Normalization;
 use unet_edge::rng::Rng;
@@ -68,16 +68,6 @@ impl Dataset {
     }
 }
 
-fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image_path(p))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
     let mut ids: Vec<PathBuf> = std::fs::read_dir(root)
         .with_context(|| format!("{}: cannot list", root.display()))?
@@ -92,7 +82,7 @@ fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let images = sorted_images(&dir.join("images"))?;
+        let images = list_images(&dir.join("images"))?;
         let img_path = images
             .iter()
             .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == id))
@@ -100,38 +90,27 @@ fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
             .with_context(|| format!("{}: no image in images/", dir.display()))?;
         let img = load_gray(img_path)?;
         let masks_dir = dir.join("masks");
-        let masks = if masks_dir.is_dir() {
-            sorted_images(&masks_dir)?
-        } else {
-            vec![]
-        };
-        if masks.is_empty() {
+        if !masks_dir.is_dir() || list_images(&masks_dir)?.is_empty() {
             bail!(
                 "{}: missing masks (expected {}/*.png, one per nucleus)",
                 img_path.display(),
                 masks_dir.display()
             );
         }
-        let mut labels = vec![0u16; img.width * img.height];
-        for (k, mp) in masks.iter().enumerate() {
-            let m = load_gray(mp)?;
-            if (m.width, m.height) != (img.width, img.height) {
-                bail!(
-                    "{}: mask is {}x{} but its image {} is {}x{}",
-                    mp.display(),
-                    m.width,
-                    m.height,
-                    img_path.display(),
-                    img.width,
-                    img.height
-                );
-            }
-            for (l, v) in labels.iter_mut().zip(&m.data) {
-                if *v > 0.0 {
-                    *l = (k + 1).min(u16::MAX as usize) as u16;
-                }
-            }
+        let (mw, mh, ids) = load_instance_masks(&masks_dir)?;
+        if (mw, mh) != (img.width, img.height) {
+            bail!(
+                "{}: masks are {mw}x{mh} but the image {} is {}x{}",
+                masks_dir.display(),
+                img_path.display(),
+                img.width,
+                img.height
+            );
         }
+        let labels: Vec<u16> = ids
+            .into_iter()
+            .map(|l| l.min(u16::MAX as u32) as u16)
+            .collect();
         out.push(Sample {
             width: img.width,
             height: img.height,
@@ -144,13 +123,13 @@ fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
 
 fn load_pairs(root: &Path) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
-    for img_path in sorted_images(&root.join("images"))? {
+    for img_path in list_images(&root.join("images"))? {
         let stem = img_path
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let mask_path = sorted_images(&root.join("masks"))?
+        let mask_path = list_images(&root.join("masks"))?
             .into_iter()
             .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == stem))
             .with_context(|| format!("{}: missing mask masks/{stem}.png", img_path.display()))?;
@@ -501,6 +480,6 @@ mod tests {
         std::fs::create_dir_all(id.join("masks")).unwrap();
         unet_edge::imageio::save_gray8(&id.join("masks/m1.png"), 5, 4, vec![255; 20]).unwrap();
         let e = format!("{:#}", Dataset::from_folder(dir.path()).err().unwrap());
-        assert!(e.contains("m1.png") && e.contains("5x4"), "{e}");
+        assert!(e.contains("masks") && e.contains("5x4"), "{e}");
     }
 }

@@ -2,50 +2,14 @@
 //! thresholding) allocates nothing after the first frame of a size, and measures what tract's run
 //! allocates per tile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+mod util;
 
-struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-            BYTES.fetch_add(l.size(), Relaxed);
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-            BYTES.fetch_add(n, Relaxed);
-        }
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use util::counting::{count, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Counts allocations made by `f`. Tests in this file run one at a time (see `LOCK`).
-fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
-    ALLOCS.store(0, Relaxed);
-    BYTES.store(0, Relaxed);
-    COUNTING.store(true, Relaxed);
-    let r = f();
-    COUNTING.store(false, Relaxed);
-    (r, ALLOCS.load(Relaxed), BYTES.load(Relaxed))
-}
-
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-mod util;
 
 use unet_edge::contract::ModelMeta;
 use unet_edge::model::Model;

@@ -1,38 +1,16 @@
 //! The live loop with fake sources: zero allocations per frame after warm-up, camera faults, and
 //! the real binary on a frame directory and on raw frames from stdin.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+mod util;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use util::counting::{self, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-mod util;
 
 use unet_edge::contract::ModelMeta;
 use unet_edge::gpio::{NoPin, Pins};
@@ -148,17 +126,15 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
         &stop,
         |n| {
             if n == 20 {
-                ALLOCS.store(0, Relaxed);
-                COUNTING.store(true, Relaxed);
+                counting::start();
             }
             if n == 130 {
-                COUNTING.store(false, Relaxed);
-                counted.set(ALLOCS.load(Relaxed));
+                counted.set(counting::stop().0);
             }
         },
     )
     .unwrap();
-    COUNTING.store(false, Relaxed);
+    counting::stop();
     assert_eq!(stats.processed, 130);
     assert_eq!(
         counted.get(),

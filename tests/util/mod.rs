@@ -2,6 +2,8 @@
 //! a whole-frame reference run, and a harness that drives the real binary.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use unet_edge::contract::ModelMeta;

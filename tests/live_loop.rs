@@ -1,174 +1,21 @@
-//! The live loop with fake sources: zero allocations per frame after warm-up, camera faults, and
-//! the real binary on a frame directory and on raw frames from stdin.
+//! The live loop with fake sources: camera faults, the stop flag, and the real binary on a frame
+//! directory and on raw frames from stdin. (Its allocation count is in tests/live_alloc.rs.)
 
 mod util;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use util::counting::{self, Counting};
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use util::fakes::{camera, no_pins, segmenter};
 
 use unet_edge::contract::ModelMeta;
-use unet_edge::gpio::{NoPin, Pins};
 use unet_edge::live::{self, LiveConfig};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
-use unet_edge::source::{FrameBuf, FrameSource, Next, SourceError};
+use unet_edge::source::SourceError;
 use unet_edge::synth::{generate, SynthConfig};
-
-/// Thresholds the tile's own pixels: a network stand-in that allocates nothing.
-struct Passthrough {
-    input: Vec<f32>,
-}
-
-impl TileBackend for Passthrough {
-    fn batch(&self) -> usize {
-        1
-    }
-    fn input_mut(&mut self) -> &mut [f32] {
-        &mut self.input
-    }
-    fn run(&mut self) -> anyhow::Result<&[f32]> {
-        for v in &mut self.input {
-            *v = (*v - 0.3).clamp(0.0, 1.0);
-        }
-        Ok(&self.input)
-    }
-}
-
-/// A camera that plays prepared frames, with scripted faults first.
-struct FakeCamera {
-    frames: Vec<Vec<f32>>,
-    width: usize,
-    height: usize,
-    faults: Vec<SourceError>,
-    served: usize,
-    limit: usize,
-}
-
-impl FrameSource for FakeCamera {
-    fn next_into(&mut self, out: &mut FrameBuf, _t: Duration) -> Result<Next, SourceError> {
-        if let Some(f) = self.faults.pop() {
-            return Err(f);
-        }
-        if self.served == self.limit {
-            return Ok(Next::End);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-        out.resize(self.width, self.height);
-        out.data
-            .copy_from_slice(&self.frames[self.served % self.frames.len()]);
-        out.index = self.served as u64;
-        self.served += 1;
-        Ok(Next::Frame)
-    }
-}
-
-fn camera(limit: usize, faults: Vec<SourceError>) -> FakeCamera {
-    let (width, height) = (160, 120);
-    let frames = (0..4)
-        .map(|i| generate(&mut Rng::new(i), width, height, &SynthConfig::default()).image)
-        .collect();
-    FakeCamera {
-        frames,
-        width,
-        height,
-        faults,
-        served: 0,
-        limit,
-    }
-}
-
-fn segmenter() -> Segmenter<Passthrough> {
-    let cfg = SegmentConfig {
-        tile: 64,
-        margin: 8,
-        batch: 1,
-        threads: 1,
-        threshold: 0.5,
-    };
-    Segmenter::with_backends(
-        ModelMeta::default(),
-        cfg,
-        vec![Passthrough {
-            input: vec![0.0; 64 * 64],
-        }],
-    )
-    .unwrap()
-}
-
-fn no_pins() -> Pins<NoPin, NoPin, NoPin> {
-    Pins::new(None, None, None, usize::MAX)
-}
-
-#[test]
-fn loop_allocates_nothing_per_frame_after_warm_up() {
-    let _g = LOCK.lock().unwrap();
-    let mut seg = segmenter();
-    let mut log: Vec<u8> = Vec::with_capacity(1 << 20);
-    let stop = Arc::new(AtomicBool::new(false));
-    let cfg = LiveConfig {
-        max_frames: Some(130),
-        summary_every: None,
-        ..Default::default()
-    };
-    let counted = std::cell::Cell::new(0usize);
-    let stats = live::run(
-        &mut seg,
-        camera(10_000, vec![]),
-        &mut no_pins(),
-        &mut log,
-        &cfg,
-        &stop,
-        |n| {
-            if n == 20 {
-                counting::start();
-            }
-            if n == 130 {
-                counted.set(counting::stop().0);
-            }
-        },
-    )
-    .unwrap();
-    counting::stop();
-    assert_eq!(stats.processed, 130);
-    assert_eq!(
-        counted.get(),
-        0,
-        "the loop allocated {} times over 110 frames",
-        counted.get()
-    );
-    let text = String::from_utf8(log).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 130);
-    for k in [
-        "timestamp",
-        "frame",
-        "width",
-        "height",
-        "tiles",
-        "ms_per_tile_p50",
-        "ms_per_tile_max",
-        "latency_ms",
-        "nuclei",
-        "foreground_fraction",
-        "dropped",
-    ] {
-        assert!(lines[50].get(k).is_some(), "missing {k}: {}", lines[50]);
-    }
-    assert!(lines.iter().any(|l| l["nuclei"].as_u64().unwrap() > 0));
-}
 
 #[test]
 fn unplug_corrupt_frames_and_fatal_errors() {
-    let _g = LOCK.lock().unwrap();
     let mut seg = segmenter();
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = LiveConfig {
@@ -217,7 +64,6 @@ fn unplug_corrupt_frames_and_fatal_errors() {
 
 #[test]
 fn stop_flag_ends_the_loop_after_the_current_frame() {
-    let _g = LOCK.lock().unwrap();
     let mut seg = segmenter();
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = LiveConfig {

@@ -1,5 +1,9 @@
 //! A global allocator that counts allocations while switched on, for allocation-free tests.
 //! Each test binary that uses it declares `#[global_allocator] static A: Counting = Counting;`.
+//!
+//! Two modes: [`count`] counts only the calling thread (safe beside other tests and the test
+//! harness, which allocate on their own threads); [`start`]/[`stop`] count every thread, for code
+//! that spawns its own threads, and must run in a test binary holding that one test alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -8,12 +12,21 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 pub struct Counting;
 
 static ON: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Const-initialised with no destructor: reading it never allocates.
+    static THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counting() -> bool {
+    ON.load(Relaxed) || THIS_THREAD.with(|c| c.get())
+}
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ON.load(Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Relaxed);
             BYTES.fetch_add(l.size(), Relaxed);
         }
@@ -23,7 +36,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if ON.load(Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Relaxed);
             BYTES.fetch_add(n, Relaxed);
         }
@@ -31,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Resets the counters and starts counting.
+/// Resets the counters and starts counting on every thread.
 pub fn start() {
     ALLOCS.store(0, Relaxed);
     BYTES.store(0, Relaxed);
@@ -44,10 +57,13 @@ pub fn stop() -> (usize, usize) {
     (ALLOCS.load(Relaxed), BYTES.load(Relaxed))
 }
 
-/// Counts the allocations `f` makes (from every thread).
+/// Counts the allocations `f` makes on the calling thread. Tests using it must not run
+/// concurrently with each other in one binary (the counters are shared): they take a lock.
 pub fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
-    start();
+    ALLOCS.store(0, Relaxed);
+    BYTES.store(0, Relaxed);
+    THIS_THREAD.with(|c| c.set(true));
     let r = f();
-    let (a, b) = stop();
-    (r, a, b)
+    THIS_THREAD.with(|c| c.set(false));
+    (r, ALLOCS.load(Relaxed), BYTES.load(Relaxed))
 }

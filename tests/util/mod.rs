@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod fakes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

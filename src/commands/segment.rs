@@ -22,7 +22,31 @@ pub struct SegmentArgs {
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
     #[command(flatten)]
+    nuclei: NucleiArgs,
+    #[command(flatten)]
     run: RunArgs,
+}
+
+/// How touching nuclei are split and small objects dropped.
+#[derive(Args, Debug, Clone)]
+pub struct NucleiArgs {
+    /// Objects smaller than this many pixels are dropped.
+    #[arg(long, value_name = "PX", default_value_t = InstanceConfig::default().min_area)]
+    pub min_area: usize,
+    /// Split touching nuclei only where each is at least this fraction of its own radius thicker
+    /// than the neck between them (higher = fewer splits).
+    #[arg(long, value_name = "F", default_value_t = InstanceConfig::default().h_rel)]
+    pub split: f32,
+}
+
+impl NucleiArgs {
+    /// The instance-separation settings.
+    pub fn config(&self) -> anyhow::Result<InstanceConfig> {
+        if !(0.0..=1.0).contains(&self.split) {
+            bail!("--split {} is outside 0..1", self.split);
+        }
+        Ok(InstanceConfig { min_area: self.min_area, h_rel: self.split, ..InstanceConfig::default() })
+    }
 }
 
 /// Expands directories (sorted, non-recursive) into image files; plain files pass as given.
@@ -61,11 +85,12 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     let (model, cfg) = super::load(&a.run, a.threshold)?;
     let mut seg = Segmenter::new(&model, cfg)?;
     let mut inst = Instances::new();
+    let icfg = a.nuclei.config()?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
     let mut failures = 0;
     for item in expand(&a.inputs) {
-        let result = item.and_then(|path| segment_one(&mut seg, &mut inst, &path, &a.out));
+        let result = item.and_then(|path| segment_one(&mut seg, &mut inst, &icfg, &path, &a.out));
         if let Err(e) = result {
             eprintln!("error: {e:#}");
             failures += 1;
@@ -74,13 +99,19 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     Ok(if failures > 0 { 1 } else { 0 })
 }
 
-fn segment_one(seg: &mut Segmenter, inst: &mut Instances, path: &Path, out: &Path) -> Result<()> {
+fn segment_one(
+    seg: &mut Segmenter,
+    inst: &mut Instances,
+    icfg: &InstanceConfig,
+    path: &Path,
+    out: &Path,
+) -> Result<()> {
     let img = imageio::load_gray(path)?;
     let (w, h) = (img.width, img.height);
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-    let count = inst.run(seg.mask(), &img.data, w, h, &InstanceConfig::default());
+    let count = inst.run(seg.mask(), &img.data, w, h, icfg);
     let name = stem(path);
     let mask: Vec<u8> = seg.mask().iter().map(|&m| m * 255).collect();
     let prob: Vec<u8> = seg

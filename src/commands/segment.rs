@@ -45,7 +45,11 @@ impl NucleiArgs {
         if !(0.0..=1.0).contains(&self.split) {
             bail!("--split {} is outside 0..1", self.split);
         }
-        Ok(InstanceConfig { min_area: self.min_area, h_rel: self.split, ..InstanceConfig::default() })
+        Ok(InstanceConfig {
+            min_area: self.min_area,
+            h_rel: self.split,
+            ..InstanceConfig::default()
+        })
     }
 }
 

@@ -57,8 +57,8 @@ fn main() -> Result<()> {
                 tiles = t.tiles;
                 let reference = model.run_whole(seg.normalized(), w, h, 64, 16)?;
                 let g = seg.grid().unwrap().clone();
-                for i in 0..w * h {
-                    let e = (seg.prob()[i] - reference[i]).abs();
+                for (i, (&p, &r)) in seg.prob().iter().zip(&reference).enumerate() {
+                    let e = (p - r).abs();
                     all += e as f64;
                     max = max.max(e);
                     if g.is_seam(i % w, i / w) {
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
                         other += e as f64;
                         n_other += 1
                     }
-                    if (seg.prob()[i] > cfg.threshold) != (reference[i] > cfg.threshold) {
+                    if (p > cfg.threshold) != (r > cfg.threshold) {
                         dis += 1
                     }
                 }

@@ -274,7 +274,7 @@ impl<R: Read + Send> RawSource<R> {
         if width == 0 || height == 0 {
             anyhow::bail!("raw input needs --width and --height (got {width}x{height})");
         }
-        if fmt == PixFmt::Yuyv && width % 2 != 0 {
+        if fmt == PixFmt::Yuyv && !width.is_multiple_of(2) {
             anyhow::bail!("--pixfmt yuyv needs an even --width (got {width})");
         }
         Ok(RawSource {

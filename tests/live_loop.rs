@@ -194,7 +194,15 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Signal only once the loop is running (its first line is in the log), however slow the machine.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(true, |s| s.lines().count() == 0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no frame processed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -159,6 +159,16 @@ pub fn save_gray8(path: &Path, width: usize, height: usize, data: Vec<u8>) -> Re
     write_atomic(path, &encode_png(&DynamicImage::ImageLuma8(b))?)
 }
 
+/// Writes a 0/1 mask as an 8-bit 0/255 PNG atomically.
+pub fn save_mask(path: &Path, width: usize, height: usize, mask: &[u8]) -> Result<()> {
+    save_gray8(
+        path,
+        width,
+        height,
+        mask.iter().map(|&m| if m != 0 { 255 } else { 0 }).collect(),
+    )
+}
+
 /// Writes a 16-bit greyscale PNG atomically (label images).
 pub fn save_gray16(path: &Path, width: usize, height: usize, data: Vec<u16>) -> Result<()> {
     let b = ImageBuffer::<Luma<u16>, _>::from_raw(width as u32, height as u32, data)

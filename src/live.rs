@@ -295,12 +295,11 @@ fn save_frame<B: TileBackend>(
     dir: &std::path::Path,
 ) -> Result<()> {
     let name = format!("frame{:08}", f.index);
-    let mask: Vec<u8> = seg.mask().iter().map(|&m| m * 255).collect();
-    crate::imageio::save_gray8(
+    crate::imageio::save_mask(
         &dir.join(format!("{name}.mask.png")),
         f.width,
         f.height,
-        mask,
+        seg.mask(),
     )?;
     let overlay = crate::imageio::overlay(seg.normalized(), seg.mask(), f.width, f.height);
     crate::imageio::save_rgb8(&dir.join(format!("{name}.overlay.png")), overlay)

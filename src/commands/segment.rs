@@ -117,14 +117,13 @@ fn segment_one(
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
     let count = inst.run(seg.mask(), &img.data, w, h, icfg);
     let name = stem(path);
-    let mask: Vec<u8> = seg.mask().iter().map(|&m| m * 255).collect();
     let prob: Vec<u8> = seg
         .prob()
         .iter()
         .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
     let mask_path = out.join(format!("{name}.mask.png"));
-    imageio::save_gray8(&mask_path, w, h, mask)?;
+    imageio::save_mask(&mask_path, w, h, seg.mask())?;
     imageio::save_gray8(&out.join(format!("{name}.prob.png")), w, h, prob)?;
     let labels: Vec<u16> = inst
         .labels()

@@ -122,10 +122,49 @@ fn batch(examples: &[Example], t: usize, device: &Device) -> (Tensor<4>, Tensor<
     )
 }
 
+/// Foreground overlap of logits thresholded at 0 (probability 0.5) with 0/1 targets.
+#[derive(Default)]
+struct Overlap {
+    inter: f64,
+    pred: f64,
+    truth: f64,
+}
+
+impl Overlap {
+    fn add<'a>(&mut self, logits: &[f32], targets: impl Iterator<Item = &'a f32>) {
+        for (z, y) in logits.iter().zip(targets) {
+            let p = f64::from(*z > 0.0);
+            self.inter += p * *y as f64;
+            self.pred += p;
+            self.truth += *y as f64;
+        }
+    }
+
+    /// Dice; 1 when both are empty.
+    fn dice(&self) -> f64 {
+        let s = self.pred + self.truth;
+        if s == 0.0 {
+            1.0
+        } else {
+            2.0 * self.inter / s
+        }
+    }
+
+    /// IoU; 1 when both are empty.
+    fn iou(&self) -> f64 {
+        let union = self.pred + self.truth - self.inter;
+        if union == 0.0 {
+            1.0
+        } else {
+            self.inter / union
+        }
+    }
+}
+
 /// Pixel Dice and IoU of `model` on `val` at threshold 0.5.
 pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Result<ValScore> {
     let model = model.valid();
-    let (mut inter, mut psum, mut ysum) = (0f64, 0f64, 0f64);
+    let mut overlap = Overlap::default();
     for chunk in val.chunks(8) {
         let (x, _, _) = batch(chunk, t, device);
         let logits = model
@@ -133,20 +172,9 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        for (z, y) in logits.iter().zip(chunk.iter().flat_map(|e| e.y.iter())) {
-            let p = f64::from(*z > 0.0);
-            inter += p * *y as f64;
-            psum += p;
-            ysum += *y as f64;
-        }
+        overlap.add(&logits, chunk.iter().flat_map(|e| e.y.iter()));
     }
-    let dice = if psum + ysum == 0.0 {
-        1.0
-    } else {
-        2.0 * inter / (psum + ysum)
-    };
-    let union = psum + ysum - inter;
-    let iou = if union == 0.0 { 1.0 } else { inter / union };
+    let (dice, iou) = (overlap.dice(), overlap.iou());
     Ok(ValScore {
         dice: dice as f32,
         iou: iou as f32,
@@ -331,13 +359,9 @@ pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
         model = optim.step(lr_at(&cfg, step), model, grads);
         // Training Dice from this batch's predictions, for the progress line.
         let p = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
-        let (mut i2, mut s) = (0.0f32, 0.0f32);
-        for (z, e) in p.iter().zip(examples.iter().flat_map(|e| e.y.iter())) {
-            let pz = f32::from(*z > 0.0);
-            i2 += 2.0 * pz * e;
-            s += pz + e;
-        }
-        let dice = if s > 0.0 { i2 / s } else { 1.0 };
+        let mut overlap = Overlap::default();
+        overlap.add(&p, examples.iter().flat_map(|e| e.y.iter()));
+        let dice = overlap.dice() as f32;
         ema_loss = if ema_loss.is_nan() {
             loss_v
         } else {

@@ -188,7 +188,13 @@ pub fn overlay(
     width: usize,
     height: usize,
 ) -> ImageBuffer<Rgb<u8>, Vec<u8>> {
-    let mut img = ImageBuffer::new(width as u32, height as u32);
+    let mut rgb = vec![0u8; width * height * 3];
+    overlay_into(normalized, mask, width, height, &mut rgb);
+    ImageBuffer::from_raw(width as u32, height as u32, rgb).expect("buffer has the image size")
+}
+
+/// [`overlay`] into a caller-owned RGB buffer of `width * height * 3` bytes (no allocation).
+pub fn overlay_into(normalized: &[f32], mask: &[u8], width: usize, height: usize, rgb: &mut [u8]) {
     for y in 0..height {
         for x in 0..width {
             let i = y * width + x;
@@ -203,14 +209,10 @@ pub fn overlay(
                     || mask[i + 1] == 0
                     || mask[i - width] == 0
                     || mask[i + width] == 0);
-            img.put_pixel(
-                x as u32,
-                y as u32,
-                Rgb(if edge { [255, 220, 0] } else { [g, g, g] }),
-            );
+            let px = if edge { [255, 220, 0] } else { [g, g, g] };
+            rgb[3 * i..3 * i + 3].copy_from_slice(&px);
         }
     }
-    img
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! the trainer and the quantizer share: the [`contract`], the [`onnx_writer`], the [`unet`]
 //! architecture, and the synthetic nuclei generator.
 
+pub mod camera;
 pub mod contract;
 pub mod gpio;
 pub mod imageio;
@@ -14,6 +15,8 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod onnx_writer;
+pub mod preview;
+pub mod reframe;
 pub mod rng;
 pub mod segmenter;
 pub mod source;

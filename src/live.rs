@@ -29,6 +29,8 @@ pub struct LiveConfig {
     pub summary_every: Option<Duration>,
     /// Instance separation.
     pub instances: InstanceConfig,
+    /// Where the latest overlay is served over HTTP.
+    pub preview: Option<crate::preview::Preview>,
 }
 
 impl Default for LiveConfig {
@@ -39,6 +41,7 @@ impl Default for LiveConfig {
             capture_timeout: Duration::from_secs(2),
             summary_every: Some(Duration::from_secs(5)),
             instances: InstanceConfig::default(),
+            preview: None,
         }
     }
 }
@@ -82,6 +85,7 @@ fn capture<S: FrameSource>(
 ) {
     let mut back = FrameBuf::default();
     let mut backoff = Duration::from_millis(100);
+    let live = source.is_live();
     while !stop.load(Ordering::Relaxed) {
         let result = source.next_into(&mut back, timeout);
         let finish = |fatal: Option<String>| {
@@ -95,6 +99,17 @@ fn capture<S: FrameSource>(
                 backoff = Duration::from_millis(100);
                 back.captured = Some(Instant::now());
                 let mut s = slot.0.lock().expect("slot lock");
+                while !live && s.fresh && !stop.load(Ordering::Relaxed) {
+                    s = slot
+                        .1
+                        .wait_timeout(s, Duration::from_millis(100))
+                        .expect("slot lock")
+                        .0;
+                }
+                if !live {
+                    // A recording's latency starts when the loop can take the frame.
+                    back.captured = Some(Instant::now());
+                }
                 if s.fresh {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -113,7 +128,7 @@ fn capture<S: FrameSource>(
             Err(SourceError::Disconnected(why)) => {
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "warning: camera lost ({why}); retrying in {:.1} s",
+                    "warning: camera unavailable ({why}); retrying in {:.1} s",
                     backoff.as_secs_f32()
                 );
                 sleep_unless_stopped(backoff, &stop);
@@ -210,6 +225,8 @@ where
                 }
                 std::mem::swap(&mut s.frame, &mut front);
                 s.fresh = false;
+                // A recording waits for the slot to empty.
+                slot.1.notify_all();
             }
             pins.busy(true);
             let timing = seg.segment(&front.data, front.width, front.height)?;
@@ -222,6 +239,9 @@ where
             );
             pins.count(nuclei);
             pins.busy(false);
+            if let Some(p) = &cfg.preview {
+                p.publish(seg.normalized(), seg.mask(), front.width, front.height);
+            }
             stats.processed += 1;
             let latency = front
                 .captured

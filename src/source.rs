@@ -70,6 +70,22 @@ pub enum Next {
 pub trait FrameSource: Send {
     /// Waits up to `timeout` for the next frame and converts it into `out`.
     fn next_into(&mut self, out: &mut FrameBuf, timeout: Duration) -> Result<Next, SourceError>;
+
+    /// A live source (a camera) keeps running and the loop takes its latest frame, dropping the
+    /// rest; a recording played as fast as possible waits for the loop instead, so every frame is
+    /// processed.
+    fn is_live(&self) -> bool {
+        true
+    }
+}
+
+impl FrameSource for Box<dyn FrameSource> {
+    fn next_into(&mut self, out: &mut FrameBuf, timeout: Duration) -> Result<Next, SourceError> {
+        (**self).next_into(out, timeout)
+    }
+    fn is_live(&self) -> bool {
+        (**self).is_live()
+    }
 }
 
 /// Pixel layouts of raw frames.
@@ -250,6 +266,10 @@ impl FrameSource for FileSource {
         out.index = self.at as u64 - 1;
         Ok(Next::Frame)
     }
+
+    fn is_live(&self) -> bool {
+        self.pacer.period.is_some()
+    }
 }
 
 /// Raw frames of a fixed size and pixel format from a byte stream (stdin, a pipe from ffmpeg or
@@ -317,6 +337,75 @@ impl<R: Read + Send> FrameSource for RawSource<R> {
     }
 }
 
+/// A fake camera on the synthetic nuclei generator: a cycle of distinct frames generated once at
+/// start, replayed at `fps` for as long as asked. For demonstrations, soak runs and tests on
+/// machines without a camera (`--input synth:512x512`).
+pub struct SynthSource {
+    frames: Vec<Vec<f32>>,
+    width: usize,
+    height: usize,
+    count: u64,
+    pacer: Pacer,
+}
+
+impl SynthSource {
+    /// Frames in the replayed cycle.
+    pub const CYCLE: usize = 8;
+
+    /// Parses `synth` or `synth:WxH` (default 512x512); `None` when `spec` is not a synth spec.
+    pub fn parse_spec(spec: &str) -> Option<anyhow::Result<(usize, usize)>> {
+        let rest = spec.strip_prefix("synth")?;
+        if rest.is_empty() {
+            return Some(Ok((512, 512)));
+        }
+        let size = rest.strip_prefix(':')?;
+        Some(
+            size.split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .filter(|&(w, h): &(usize, usize)| w > 0 && h > 0 && w * h <= 1 << 26)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--input {spec}: expected synth or synth:WxH, e.g. synth:512x512"
+                    )
+                }),
+        )
+    }
+
+    /// `width`x`height` frames from generator seeds `seed..seed + CYCLE`.
+    pub fn new(width: usize, height: usize, seed: u64, fps: f32) -> SynthSource {
+        let cfg = crate::synth::SynthConfig::default();
+        let frames = (0..Self::CYCLE as u64)
+            .map(|i| {
+                crate::synth::generate(&mut crate::rng::Rng::new(seed + i), width, height, &cfg)
+                    .image
+            })
+            .collect();
+        SynthSource {
+            frames,
+            width,
+            height,
+            count: 0,
+            pacer: Pacer::new(fps),
+        }
+    }
+}
+
+impl FrameSource for SynthSource {
+    fn next_into(&mut self, out: &mut FrameBuf, _timeout: Duration) -> Result<Next, SourceError> {
+        self.pacer.wait();
+        out.resize(self.width, self.height);
+        out.data
+            .copy_from_slice(&self.frames[self.count as usize % self.frames.len()]);
+        out.index = self.count;
+        self.count += 1;
+        Ok(Next::Frame)
+    }
+
+    fn is_live(&self) -> bool {
+        self.pacer.period.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +456,27 @@ mod tests {
             Err(SourceError::Corrupt(_))
         ));
         assert!(RawSource::new(&bytes[..], PixFmt::Yuyv, 3, 2).is_err());
+    }
+
+    #[test]
+    fn synth_specs() {
+        assert_eq!(
+            SynthSource::parse_spec("synth").unwrap().unwrap(),
+            (512, 512)
+        );
+        assert_eq!(
+            SynthSource::parse_spec("synth:64x32").unwrap().unwrap(),
+            (64, 32)
+        );
+        assert!(SynthSource::parse_spec("synth:64").unwrap().is_err());
+        assert!(SynthSource::parse_spec("synth:0x5").unwrap().is_err());
+        assert!(SynthSource::parse_spec("frames/").is_none());
+        let mut s = SynthSource::new(24, 16, 1, 0.0);
+        let mut f = FrameBuf::default();
+        for i in 0..SynthSource::CYCLE as u64 + 1 {
+            assert_eq!(s.next_into(&mut f, Duration::ZERO).unwrap(), Next::Frame);
+            assert_eq!((f.index, f.width, f.height), (i, 24, 16));
+        }
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Zero heap allocations per frame in the live loop after warm-up, capture thread included,
-//! over 110 frames from a fake camera. Alone in its test binary: it counts every thread.
+//! over 110 frames from a fake camera whose frames are cropped and rescaled (`--roi`,
+//! `--scale`) and published to the preview server. Alone in its test binary: it counts every
+//! thread.
 
 mod util;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use unet_edge::live::{self, LiveConfig};
+use unet_edge::preview::{parse_addr, Preview};
+use unet_edge::reframe::{Reframe, Reframed};
 use util::counting::{self, Counting};
 use util::fakes::{camera, no_pins, segmenter};
 
@@ -20,12 +24,16 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
     let cfg = LiveConfig {
         max_frames: Some(130),
         summary_every: None,
+        preview: Some(Preview::start(parse_addr("0").unwrap()).unwrap()),
         ..Default::default()
     };
     let counted = std::cell::Cell::new(0usize);
     let stats = live::run(
         &mut seg,
-        camera(10_000, vec![]),
+        Reframed::new(
+            camera(10_000, vec![]),
+            Reframe::new("8,4,140,100".parse().ok(), 0.8).unwrap(),
+        ),
         &mut no_pins(),
         &mut log,
         &cfg,
@@ -54,6 +62,10 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 130);
+    assert_eq!(
+        (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+        (Some(112), Some(80))
+    );
     for k in [
         "timestamp",
         "frame",

@@ -224,9 +224,31 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
     let o = util::run(&["--input", "-", "--model", &model]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--width"));
-    let o = util::run(&["--camera", "/dev/video0", "--model", &model]);
+    // A node that is not a camera is a clear error, not a retry loop.
+    let o = util::run(&["--camera", "/dev/null", "--model", &model]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("V4L2"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/dev/null is not a V4L2 video device"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = util::run(&["--camera", "/dev/null", "--format", "bayer"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("grey, y16"));
+    let o = util::run(&[
+        "--input",
+        "synth:64x64",
+        "--roi",
+        "0,0,100,10",
+        "--model",
+        &model,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("outside the 64x64 frame"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = util::run(&[
         "--input",
         dir.path().join("none").to_str().unwrap(),
@@ -234,4 +256,86 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
         &model,
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("none"));
+}
+
+#[test]
+fn binary_crops_scales_and_serves_the_preview_while_running() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // ROI 60x40 of a 100x80 synthetic frame, halved: the network sees 30x20.
+    let out = util::run_ok(&[
+        "--input",
+        "synth:100x80",
+        "--roi",
+        "10,20,60,40",
+        "--scale",
+        "0.5",
+        "--max-frames",
+        "3",
+        "--model",
+        &model,
+        "--tile",
+        "32",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // A recording played as fast as possible is not a live camera: every frame is processed.
+    assert_eq!(lines[2]["frame"], 2);
+    assert_eq!(
+        (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+        (Some(30), Some(20))
+    );
+
+    let mut child = std::process::Command::new(util::bin())
+        .args([
+            "--input",
+            "synth:96x64",
+            "--fps",
+            "20",
+            "--preview",
+            "0",
+            "--model",
+            &model,
+            "--tile",
+            "32",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no preview line");
+        if let Some(rest) = line.strip_prefix("preview: http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "a bare port binds to loopback: {addr}"
+    );
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(c, "GET /snapshot.jpg HTTP/1.1\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    let body = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        reply.starts_with(b"HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&reply[..body])
+    );
+    let jpeg = image::load_from_memory(&reply[body..]).unwrap();
+    assert_eq!((jpeg.width(), jpeg.height()), (96, 64));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

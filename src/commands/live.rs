@@ -7,34 +7,59 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use unet_edge::camera::CamFormat;
+#[cfg(target_os = "linux")]
+use unet_edge::camera::Request;
 #[cfg(not(target_os = "linux"))]
 use unet_edge::gpio::NoPin;
 use unet_edge::gpio::{PinSpec, Pins};
 use unet_edge::live::{self, LiveConfig};
+use unet_edge::preview::{self, Preview};
+use unet_edge::reframe::{Reframe, Reframed, Roi};
 use unet_edge::segmenter::Segmenter;
-use unet_edge::source::{FileSource, PixFmt, RawSource};
+use unet_edge::source::{FileSource, FrameSource, PixFmt, RawSource, SynthSource};
 
 /// Options of the live loop (used when no subcommand is given).
 #[derive(Args, Debug)]
 pub struct LiveArgs {
-    /// V4L2 camera device, e.g. /dev/video0.
+    /// V4L2 camera device, e.g. /dev/video0 (mmap streaming; GREY, Y16, Y10, Y12, YUYV or MJPEG).
     #[arg(long, value_name = "DEV", conflicts_with = "input")]
     pub camera: Option<PathBuf>,
-    /// Frames from a directory, a file pattern (`dir/frame*.png`), or `-` for raw frames on stdin.
+    /// List V4L2 cameras with their formats, sizes and frame rates, then exit.
+    #[arg(long, conflicts_with_all = ["camera", "input"])]
+    pub list_cameras: bool,
+    /// Frames from a directory, a file pattern (`dir/frame*.png`), `-` for raw frames on stdin,
+    /// or `synth[:WxH]` for the built-in synthetic nuclei camera (demos, soak tests).
     #[arg(long, value_name = "SRC")]
     pub input: Option<String>,
-    /// Frame rate to play a directory at (0 = as fast as possible).
+    /// Frame rate: asked of the camera, or the pace a directory or `synth` is played at
+    /// (0 = the camera's own rate / as fast as frames decode).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub fps: f32,
-    /// Width of raw stdin frames.
+    /// Frame width: asked of the camera (nearest offered size), required for raw stdin frames.
     #[arg(long, value_name = "W")]
     pub width: Option<usize>,
-    /// Height of raw stdin frames.
+    /// Frame height: asked of the camera (nearest offered size), required for raw stdin frames.
     #[arg(long, value_name = "H")]
     pub height: Option<usize>,
+    /// Camera pixel format; `auto` prefers GREY, then Y16/Y12/Y10, then YUYV, then MJPEG.
+    #[arg(long, value_name = "FMT", default_value = "auto", value_parser = parse_format)]
+    pub format: FormatArg,
     /// Pixel format of raw stdin frames.
     #[arg(long, value_enum, default_value = "gray8")]
     pub pixfmt: PixFmt,
+    /// Process only this rectangle of each frame, in source pixels: x,y,w,h.
+    #[arg(long, value_name = "X,Y,W,H")]
+    pub roi: Option<Roi>,
+    /// Resize frames (after --roi) by this factor before segmentation, so nuclei match the size
+    /// the model was trained for (`unet-edge info` shows its nucleus diameter range): 0.5 when
+    /// nuclei look twice as large as that, 2 when half as large. Outputs are in the resized frame.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub scale: f32,
+    /// Serve the latest overlay over HTTP: PORT (on 127.0.0.1) or ADDR:PORT (e.g. 0.0.0.0:8080 to
+    /// reach it from the network). Pages: / (viewer), /stream (MJPEG), /snapshot.jpg.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub preview: Option<String>,
     /// Write the per-frame JSON lines to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -66,22 +91,100 @@ pub struct LiveArgs {
     pub run: RunArgs,
 }
 
+/// `--format`: `auto` or one camera format.
+#[derive(Clone, Copy, Debug)]
+pub struct FormatArg(pub Option<CamFormat>);
+
+fn parse_format(s: &str) -> Result<FormatArg, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(FormatArg(None));
+    }
+    <CamFormat as clap::ValueEnum>::from_str(s, true)
+        .map(|f| FormatArg(Some(f)))
+        .map_err(|_| format!("expected auto, grey, y16, y10, y12, yuyv or mjpeg, got {s:?}"))
+}
+
 impl LiveArgs {
     /// Whether any source was named (otherwise the CLI prints help).
     pub fn has_source(&self) -> bool {
-        self.camera.is_some() || self.input.is_some()
+        self.camera.is_some() || self.input.is_some() || self.list_cameras
     }
+}
+
+/// `--list-cameras`.
+#[cfg(target_os = "linux")]
+fn list_cameras() -> Result<i32> {
+    use unet_edge::camera::v4l2;
+    let nodes = v4l2::list_devices();
+    if nodes.is_empty() {
+        eprintln!(
+            "no V4L2 devices (/dev/video*): is the camera plugged in and its driver loaded? \
+             (Raspberry Pi CSI cameras need libcamera; pipe `rpicam-vid` into --input -)"
+        );
+        return Ok(1);
+    }
+    for node in nodes {
+        match v4l2::describe(&node) {
+            Ok(info) => print!("{info}"),
+            Err(e) => println!("{node}: {e}"),
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn list_cameras() -> Result<i32> {
+    bail!("--list-cameras needs Linux (V4L2)")
+}
+
+fn open_source(a: &LiveArgs) -> Result<Box<dyn FrameSource>> {
+    let src: Box<dyn FrameSource> = if let Some(cam) = &a.camera {
+        open_camera(cam, a)?
+    } else {
+        let input = a.input.as_deref().expect("checked by has_source");
+        if input == "-" {
+            let (Some(w), Some(h)) = (a.width, a.height) else {
+                bail!("--input - (raw frames on stdin) needs --width and --height");
+            };
+            Box::new(RawSource::new(std::io::stdin(), a.pixfmt, w, h)?)
+        } else if let Some(size) = SynthSource::parse_spec(input) {
+            let (w, h) = size?;
+            Box::new(SynthSource::new(w, h, 0x5EED, a.fps))
+        } else {
+            Box::new(FileSource::open(std::path::Path::new(input), a.fps)?)
+        }
+    };
+    let reframe = Reframe::new(a.roi, a.scale)?;
+    Ok(if reframe.is_identity() {
+        src
+    } else {
+        Box::new(Reframed::new(src, reframe))
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn open_camera(cam: &std::path::Path, a: &LiveArgs) -> Result<Box<dyn FrameSource>> {
+    let to_u32 = |v: Option<usize>| v.map(|v| v.min(u32::MAX as usize) as u32);
+    let request = Request {
+        format: a.format.0,
+        width: to_u32(a.width),
+        height: to_u32(a.height),
+        fps: (a.fps > 0.0).then_some(a.fps),
+    };
+    Ok(Box::new(unet_edge::camera::v4l2::Camera::open(
+        cam, request,
+    )?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_camera(cam: &std::path::Path, _a: &LiveArgs) -> Result<Box<dyn FrameSource>> {
+    bail!("--camera {}: V4L2 capture needs Linux", cam.display())
 }
 
 /// Runs the live loop; exit code 0 after a clean end or SIGINT/SIGTERM.
 pub fn run(a: LiveArgs) -> Result<i32> {
-    if let Some(cam) = &a.camera {
-        bail!(
-            "--camera {}: V4L2 capture is not in this build yet; feed the loop with `--input -` from \
-             `ffmpeg -f v4l2 -i {} -f rawvideo -pix_fmt gray -` (see README)",
-            cam.display(),
-            cam.display()
-        );
+    if a.list_cameras {
+        return list_cameras();
     }
     let (model, cfg) = super::load(&a.run, a.threshold)?;
     let mut seg = Segmenter::new(&model, cfg)?;
@@ -107,26 +210,29 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         }
         _ => None,
     };
+    let preview = match &a.preview {
+        Some(spec) => {
+            let p = Preview::start(preview::parse_addr(spec)?)?;
+            eprintln!(
+                "preview: http://{}/  (MJPEG /stream, still /snapshot.jpg)",
+                p.addr()
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let lcfg = LiveConfig {
         max_frames: a.max_frames,
         save_every,
+        preview,
         ..Default::default()
     };
     let mut pins = open_pins(&a)?;
-    let input = a.input.as_deref().expect("checked by has_source");
-    let stats = if input == "-" {
-        let (Some(w), Some(h)) = (a.width, a.height) else {
-            bail!("--input - (raw frames on stdin) needs --width and --height");
-        };
-        let src = RawSource::new(std::io::stdin(), a.pixfmt, w, h)?;
-        live::run(&mut seg, src, &mut pins, &mut out, &lcfg, &stop, |_| {})?
-    } else {
-        let src = FileSource::open(std::path::Path::new(input), a.fps)?;
-        live::run(&mut seg, src, &mut pins, &mut out, &lcfg, &stop, |_| {})?
-    };
+    let src = open_source(&a)?;
+    let stats = live::run(&mut seg, src, &mut pins, &mut out, &lcfg, &stop, |_| {})?;
     eprintln!(
-        "processed {} frames, {} dropped, {} corrupt, {} write errors",
-        stats.processed, stats.dropped, stats.corrupt, stats.write_errors
+        "processed {} frames, {} dropped, {} corrupt, {} reconnects, {} write errors",
+        stats.processed, stats.dropped, stats.corrupt, stats.reconnects, stats.write_errors
     );
     Ok(0)
 }

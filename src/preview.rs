@@ -1,0 +1,267 @@
+//! `--preview ADDR:PORT`: the latest overlay over HTTP, as an MJPEG stream (`/stream`, what a
+//! browser or VLC shows live) and a single JPEG (`/snapshot.jpg`). The inference thread only
+//! copies the overlay into a buffer reused from frame to frame; JPEG encoding happens on the
+//! client threads, so a watcher costs the frame loop nothing but that copy.
+
+use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Most simultaneous HTTP clients; more get 503 (a board has little CPU to spare for JPEG).
+pub const MAX_CLIENTS: usize = 4;
+
+#[derive(Default)]
+struct Latest {
+    rgb: Vec<u8>,
+    width: usize,
+    height: usize,
+    generation: u64,
+}
+
+struct Shared {
+    latest: Mutex<Latest>,
+    fresh: Condvar,
+    clients: AtomicUsize,
+}
+
+/// The running server; the frame loop publishes into it.
+#[derive(Clone)]
+pub struct Preview {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Preview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Preview({})", self.addr)
+    }
+}
+
+/// Resolves `--preview`: a bare port binds to 127.0.0.1; any other address must be written out.
+pub fn parse_addr(spec: &str) -> Result<SocketAddr> {
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    spec.to_socket_addrs()
+        .with_context(|| {
+            format!("bad --preview {spec:?}: expected PORT (on 127.0.0.1) or ADDR:PORT, e.g. 0.0.0.0:8080")
+        })?
+        .next()
+        .with_context(|| format!("--preview {spec:?} resolves to no address"))
+}
+
+impl Preview {
+    /// Binds and starts serving.
+    pub fn start(addr: SocketAddr) -> Result<Preview> {
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("--preview: cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            latest: Mutex::new(Latest::default()),
+            fresh: Condvar::new(),
+            clients: AtomicUsize::new(0),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("preview".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    if s.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                        s.clients.fetch_sub(1, Ordering::SeqCst);
+                        let _ = refuse(conn);
+                        continue;
+                    }
+                    let s = s.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("preview-client".into())
+                        .spawn(move || {
+                            let _ = serve(conn, &s);
+                            s.clients.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        // The closure (and its decrement) never ran.
+                        eprintln!("warning: preview: cannot start a client thread");
+                    }
+                }
+            })
+            .context("starting the preview thread")?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "note: the preview on {addr} is reachable from the network, without authentication"
+            );
+        }
+        Ok(Preview { shared, addr })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Publishes a frame's overlay (normalized input with mask outlines); allocation-free once
+    /// the frame size is known.
+    pub fn publish(&self, normalized: &[f32], mask: &[u8], width: usize, height: usize) {
+        let mut l = self.shared.latest.lock().expect("preview lock");
+        l.rgb.resize(width * height * 3, 0);
+        crate::imageio::overlay_into(normalized, mask, width, height, &mut l.rgb);
+        l.width = width;
+        l.height = height;
+        l.generation += 1;
+        self.shared.fresh.notify_all();
+    }
+}
+
+fn refuse(mut conn: TcpStream) -> std::io::Result<()> {
+    conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\ntoo many preview clients\n")
+}
+
+/// Waits for a frame newer than `seen` (up to `wait`) and encodes it.
+fn next_jpeg(s: &Shared, seen: u64, wait: Duration, rgb: &mut Vec<u8>) -> Option<(u64, Vec<u8>)> {
+    let (gen, w, h) = {
+        let mut l = s.latest.lock().ok()?;
+        if l.generation == seen {
+            l = s.fresh.wait_timeout(l, wait).ok()?.0;
+        }
+        if l.generation == seen || l.generation == 0 {
+            return None;
+        }
+        rgb.clear();
+        rgb.extend_from_slice(&l.rgb);
+        (l.generation, l.width, l.height)
+    };
+    let mut jpeg = Vec::with_capacity(rgb.len() / 8);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .ok()?;
+    Some((gen, jpeg))
+}
+
+fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Drain the headers; nothing in them changes the answer.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let mut conn = conn;
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let mut rgb = Vec::new();
+    match path {
+        "/" | "/index.html" => {
+            let body = "<!doctype html><title>unet-edge</title><body style=\"background:#111;color:#ddd;font-family:sans-serif\"><p>unet-edge live overlay (nuclei outlined in yellow) &middot; <a href=\"/snapshot.jpg\">snapshot</a></p><img src=\"/stream\" style=\"max-width:100%\"></body>";
+            write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        "/snapshot.jpg" => match next_jpeg(s, 0, Duration::from_secs(5), &mut rgb) {
+            Some((_, jpeg)) => {
+                write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n",
+                    jpeg.len()
+                )?;
+                conn.write_all(&jpeg)
+            }
+            None => conn.write_all(
+                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nno frame processed yet\n",
+            ),
+        },
+        "/stream" => {
+            conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=unetedgeframe\r\nCache-Control: no-store\r\n\r\n")?;
+            let mut seen = 0;
+            loop {
+                let Some((gen, jpeg)) = next_jpeg(s, seen, Duration::from_secs(2), &mut rgb) else {
+                    continue;
+                };
+                seen = gen;
+                write!(
+                    conn,
+                    "--unetedgeframe\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                    jpeg.len()
+                )?;
+                conn.write_all(&jpeg)?;
+                conn.write_all(b"\r\n")?;
+                conn.flush()?;
+            }
+        }
+        _ => conn.write_all(
+            b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n\r\ntry / (page), /stream (MJPEG) or /snapshot.jpg\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(addr: SocketAddr, path: &str, max: usize) -> Vec<u8> {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = vec![0u8; max];
+        let mut n = 0;
+        while n < max {
+            match c.read(&mut out[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn bare_port_binds_loopback_and_explicit_addresses_are_kept() {
+        assert_eq!(
+            parse_addr("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("0.0.0.0:81").unwrap(),
+            "0.0.0.0:81".parse().unwrap()
+        );
+        assert!(parse_addr("nonsense").is_err());
+    }
+
+    #[test]
+    fn serves_snapshot_stream_page_and_404() {
+        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let addr = p.addr();
+        assert!(get(addr, "/snapshot.jpg", 4096).starts_with(b"HTTP/1.0 503"));
+        let mut mask = vec![0u8; 32 * 16];
+        mask[5 * 32 + 5] = 1;
+        p.publish(&vec![0.5; 32 * 16], &mask, 32, 16);
+        let snap = get(addr, "/snapshot.jpg", 1 << 20);
+        let head_end = snap.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(snap.starts_with(b"HTTP/1.0 200"));
+        let img = image::load_from_memory(&snap[head_end..]).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 16));
+        // The stream sends the current frame at once, then each new one.
+        let publisher = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    p.publish(&vec![0.2; 32 * 16], &vec![0; 32 * 16], 32, 16);
+                }
+            })
+        };
+        let stream = get(addr, "/stream", 3000);
+        publisher.join().unwrap();
+        let text = String::from_utf8_lossy(&stream);
+        assert!(text.contains("multipart/x-mixed-replace"));
+        assert!(text.matches("--unetedgeframe").count() >= 1, "{text}");
+        assert!(String::from_utf8_lossy(&get(addr, "/", 4096)).contains("<img src=\"/stream\""));
+        assert!(get(addr, "/nope", 4096).starts_with(b"HTTP/1.0 404"));
+    }
+}

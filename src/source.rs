@@ -97,6 +97,9 @@ pub enum PixFmt {
     Gray16le,
     /// YUV 4:2:2 packed (Y0 U Y1 V); only luma is used.
     Yuyv,
+    /// YUV 4:2:0 planar (I420, NV12: the luma plane first, as `rpicam-vid --codec yuv420` sends
+    /// it); only luma is used.
+    Yuv420,
 }
 
 impl PixFmt {
@@ -105,13 +108,17 @@ impl PixFmt {
         match self {
             PixFmt::Gray8 => width * height,
             PixFmt::Gray16le | PixFmt::Yuyv => 2 * width * height,
+            PixFmt::Yuv420 => width * height + 2 * width.div_ceil(2) * height.div_ceil(2),
         }
     }
 
     /// Converts one raw frame into intensities; `raw` must hold exactly one frame.
     pub fn convert(self, raw: &[u8], out: &mut [f32]) {
         match self {
-            PixFmt::Gray8 => out.iter_mut().zip(raw).for_each(|(o, &b)| *o = b as f32),
+            // The luma plane leads the frame; the chroma planes after it are ignored.
+            PixFmt::Gray8 | PixFmt::Yuv420 => {
+                out.iter_mut().zip(raw).for_each(|(o, &b)| *o = b as f32)
+            }
             PixFmt::Gray16le => out
                 .iter_mut()
                 .zip(raw.chunks_exact(2))
@@ -420,6 +427,11 @@ mod tests {
         // Y0 U Y1 V Y2 U Y3 V
         PixFmt::Yuyv.convert(&[10, 128, 20, 128, 30, 99, 40, 99], &mut out);
         assert_eq!(out, vec![10.0, 20.0, 30.0, 40.0]);
+        // 2x2 I420: four luma bytes, then one U and one V.
+        assert_eq!(PixFmt::Yuv420.frame_bytes(2, 2), 6);
+        assert_eq!(PixFmt::Yuv420.frame_bytes(3, 3), 9 + 8);
+        PixFmt::Yuv420.convert(&[5, 6, 7, 8, 128, 128], &mut out);
+        assert_eq!(out, vec![5.0, 6.0, 7.0, 8.0]);
     }
 
     #[test]

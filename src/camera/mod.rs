@@ -321,7 +321,10 @@ pub fn classify_errno(device: &str, what: &str, errno: i32) -> SourceError {
             "{device}: permission denied; add the user to the `video` group \
              (`sudo usermod -aG video $USER`, then log in again)"
         )),
-        libc_errno::ENOTTY | libc_errno::EINVAL if what == "VIDIOC_QUERYCAP" => {
+        // ENOSYS: what qemu-user answers for an ioctl it does not translate.
+        libc_errno::ENOTTY | libc_errno::EINVAL | libc_errno::ENOSYS
+            if what == "VIDIOC_QUERYCAP" =>
+        {
             SourceError::Fatal(anyhow::anyhow!("{device} is not a V4L2 video device"))
         }
         _ => SourceError::Fatal(anyhow::anyhow!(
@@ -345,6 +348,7 @@ mod libc_errno {
     pub const ENODEV: i32 = 19;
     pub const EINVAL: i32 = 22;
     pub const ENOTTY: i32 = 25;
+    pub const ENOSYS: i32 = 38;
 }
 
 /// A frame size and the frame rates offered at it.

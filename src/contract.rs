@@ -17,6 +17,15 @@ pub const KEY_TILE: &str = "unet_edge.tile";
 pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
 /// Metadata key: the receptive-field-derived margin the runtime uses by default.
 pub const KEY_MARGIN: &str = "unet_edge.margin";
+/// Metadata key: what each output channel means, comma-separated, e.g. `foreground,distance`.
+/// Channel 0 is always the foreground probability; `distance` is the distance to the edge of the
+/// pixel's own nucleus divided by that nucleus's largest such distance (0 on its edge and outside,
+/// 1 at its innermost point), which drops to 0 along the line where two nuclei touch and so
+/// separates them. Absent: one `foreground` channel.
+pub const KEY_CHANNELS: &str = "unet_edge.channels";
+
+/// Channel names the runtime understands.
+pub const CHANNEL_NAMES: [&str; 2] = ["foreground", "distance"];
 
 /// What the model's output means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +49,8 @@ pub struct ModelMeta {
     pub tile: Option<usize>,
     /// Default overlap margin, when the producer recorded one.
     pub margin: Option<usize>,
+    /// Output channels by name; the first is `foreground`.
+    pub channels: Vec<String>,
     /// All metadata entries, verbatim.
     pub props: BTreeMap<String, String>,
 }
@@ -52,6 +63,7 @@ impl Default for ModelMeta {
             threshold: 0.5,
             tile: None,
             margin: None,
+            channels: vec![CHANNEL_NAMES[0].to_string()],
             props: BTreeMap::new(),
         }
     }
@@ -93,6 +105,18 @@ impl ModelMeta {
         };
         m.tile = usize_key(KEY_TILE)?;
         m.margin = usize_key(KEY_MARGIN)?;
+        if let Some(v) = props.get(KEY_CHANNELS) {
+            let names: Vec<String> = v.split(',').map(|c| c.trim().to_string()).collect();
+            if names.first().map(String::as_str) != Some(CHANNEL_NAMES[0])
+                || names.iter().any(|n| !CHANNEL_NAMES.contains(&n.as_str()))
+                || (1..names.len()).any(|i| names[..i].contains(&names[i]))
+            {
+                bail!(
+                    "metadata {KEY_CHANNELS} is {v:?}; expected \"foreground\" or \"foreground,distance\""
+                );
+            }
+            m.channels = names;
+        }
         m.props = props;
         Ok(m)
     }
@@ -116,7 +140,13 @@ impl ModelMeta {
         if let Some(m) = self.margin {
             p.insert(KEY_MARGIN.into(), m.to_string());
         }
+        p.insert(KEY_CHANNELS.into(), self.channels.join(","));
         p
+    }
+
+    /// Index of the `distance` channel, when the model has one.
+    pub fn distance_channel(&self) -> Option<usize> {
+        self.channels.iter().position(|c| c == "distance")
     }
 }
 
@@ -133,7 +163,10 @@ mod tests {
         m2.output = OutputKind::Logits;
         m2.tile = Some(128);
         m2.margin = Some(24);
+        m2.channels = vec!["foreground".into(), "distance".into()];
         let back = ModelMeta::from_props(m2.to_props()).unwrap();
+        assert_eq!(back.distance_channel(), Some(1));
+        assert_eq!(m.distance_channel(), None);
         assert_eq!(back.output, OutputKind::Logits);
         assert_eq!(back.tile, Some(128));
         assert_eq!(back.margin, Some(24));
@@ -145,6 +178,9 @@ mod tests {
             (KEY_OUTPUT, "softmax"),
             (KEY_THRESHOLD, "2"),
             (KEY_TILE, "big"),
+            (KEY_CHANNELS, "distance,foreground"),
+            (KEY_CHANNELS, "foreground,edges"),
+            (KEY_CHANNELS, "foreground,distance,distance"),
         ] {
             let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");

@@ -97,10 +97,14 @@ impl Instances {
     }
 
     /// Labels nuclei in `mask` (non-zero = foreground); `intensity` feeds the measurements.
+    /// `distance` is the model's normalized-distance channel when it has one: the flooding
+    /// landscape becomes the mask's distance transform times it, which sinks to zero where the
+    /// network sees two nuclei touch, so they separate even when the mask shows no neck.
     /// Returns the number of nuclei.
     pub fn run(
         &mut self,
         mask: &[u8],
+        distance: Option<&[f32]>,
         intensity: &[f32],
         w: usize,
         h: usize,
@@ -109,7 +113,13 @@ impl Instances {
         assert_eq!(mask.len(), w * h);
         assert_eq!(intensity.len(), w * h);
         self.prepare(w, h);
-        self.distance(mask);
+        self.edt(mask);
+        if let Some(d) = distance {
+            assert_eq!(d.len(), w * h);
+            for (e, &p) in self.dist.iter_mut().zip(d) {
+                *e *= p.clamp(0.0, 1.0);
+            }
+        }
         self.flood(mask, cfg);
         self.measure(intensity, cfg.min_area);
         self.nuclei.len()
@@ -127,7 +137,7 @@ impl Instances {
 
     /// Exact squared-Euclidean distance to the background (Felzenszwalb & Huttenlocher), then sqrt.
     /// Outside the frame counts as foreground, so nuclei cut by the border are not thinned there.
-    fn distance(&mut self, mask: &[u8]) {
+    fn edt(&mut self, mask: &[u8]) {
         let (w, h) = (self.width, self.height);
         let big = ((w + h) * (w + h)) as f32;
         for (d, &m) in self.dist.iter_mut().zip(mask) {
@@ -221,7 +231,7 @@ impl Instances {
                 let low = pa.min(pb);
                 let (aa, ab) = (self.area[best as usize], self.area[r as usize]);
                 let shallow = low - level < cfg.h_abs.max(cfg.h_rel * low);
-                let tiny = (aa.min(ab) as usize) < cfg.min_area;
+                let tiny = (aa.min(ab) as usize) < cfg.min_area / 3;
                 if shallow || tiny {
                     // Merge the lower basin into the higher one.
                     let (hi, lo) = if pa >= pb { (best, r) } else { (r, best) };
@@ -311,6 +321,94 @@ impl Instances {
             n.mean_intensity /= a;
         }
     }
+}
+
+/// The training target of the `distance` channel from instance labels (0 = background): each
+/// pixel's distance to the nearest pixel outside its own nucleus (background or another
+/// nucleus), divided by the largest such distance in that nucleus; 0 outside nuclei. Chamfer
+/// distances (steps 1 and √2) are close enough for a target; outside the image counts as inside
+/// the nucleus, so nuclei cut by the border keep their centre.
+pub fn normalized_distance<L: Copy + Into<u32>>(labels: &[L], w: usize, h: usize) -> Vec<f32> {
+    assert_eq!(labels.len(), w * h);
+    let lab = |i: usize| -> u32 { labels[i].into() };
+    let mut d: Vec<f32> = (0..w * h)
+        .map(|i| if lab(i) == 0 { 0.0 } else { f32::INFINITY })
+        .collect();
+    let diag = std::f32::consts::SQRT_2;
+    // A neighbour with another label is at distance `step` from the outside; one with ours passes
+    // its distance on.
+    let relax = |d: &mut Vec<f32>, i: usize, j: usize, step: f32| {
+        let v = if lab(j) == lab(i) {
+            d[j] + step
+        } else {
+            step * 0.5
+        };
+        if v < d[i] {
+            d[i] = v;
+        }
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            if lab(i) == 0 {
+                continue;
+            }
+            if x > 0 {
+                relax(&mut d, i, i - 1, 1.0);
+            }
+            if y > 0 {
+                relax(&mut d, i, i - w, 1.0);
+                if x > 0 {
+                    relax(&mut d, i, i - w - 1, diag);
+                }
+                if x + 1 < w {
+                    relax(&mut d, i, i - w + 1, diag);
+                }
+            }
+        }
+    }
+    for y in (0..h).rev() {
+        for x in (0..w).rev() {
+            let i = y * w + x;
+            if lab(i) == 0 {
+                continue;
+            }
+            if x + 1 < w {
+                relax(&mut d, i, i + 1, 1.0);
+            }
+            if y + 1 < h {
+                relax(&mut d, i, i + w, 1.0);
+                if x + 1 < w {
+                    relax(&mut d, i, i + w + 1, diag);
+                }
+                if x > 0 {
+                    relax(&mut d, i, i + w - 1, diag);
+                }
+            }
+        }
+    }
+    let mut peak: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+    for (i, &v) in d.iter().enumerate() {
+        let l = lab(i);
+        if l != 0 && v.is_finite() {
+            let p = peak.entry(l).or_insert(0.0);
+            *p = p.max(v);
+        }
+    }
+    for (i, v) in d.iter_mut().enumerate() {
+        let l = lab(i);
+        *v = if l == 0 || !v.is_finite() {
+            // A nucleus that fills the whole image has no edge: call it all centre.
+            if l == 0 {
+                0.0
+            } else {
+                1.0
+            }
+        } else {
+            *v / peak[&l]
+        };
+    }
+    d
 }
 
 /// 4-connected components of a binary mask, labelled 1..=n in raster order of first pixel.
@@ -408,7 +506,7 @@ mod tests {
         mask[10 * w + 10] = 0;
         let mut inst = Instances::new();
         inst.prepare(w, h);
-        inst.distance(&mask);
+        inst.edt(&mask);
         assert_eq!(inst.dist[10 * w + 13], 3.0);
         assert!((inst.dist[13 * w + 14] - 5.0).abs() < 1e-6);
         assert!((inst.dist[11 * w + 11] - 2f32.sqrt()).abs() < 1e-6);
@@ -422,7 +520,7 @@ mod tests {
         disk(&mut mask, w, 45.0, 20.0, 11.0);
         let intensity = vec![1.0; w * h];
         let mut inst = Instances::new();
-        let n = inst.run(&mask, &intensity, w, h, &InstanceConfig::default());
+        let n = inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default());
         assert_eq!(n, 2, "two overlapping disks are two nuclei");
         let l = inst.labels();
         assert_ne!(l[20 * w + 20], l[20 * w + 50]);
@@ -434,9 +532,63 @@ mod tests {
             }
         }
         assert_eq!(
-            inst.run(&single, &intensity, w, h, &InstanceConfig::default()),
+            inst.run(&single, None, &intensity, w, h, &InstanceConfig::default()),
             1
         );
+    }
+
+    #[test]
+    fn distance_channel_splits_what_the_mask_alone_cannot() {
+        // Two heavily overlapping disks: the union is nearly convex, so the mask's own distance
+        // transform has one peak and they merge.
+        let (w, h) = (80, 40);
+        let mut mask = vec![0u8; w * h];
+        disk(&mut mask, w, 32.0, 20.0, 11.0);
+        disk(&mut mask, w, 46.0, 20.0, 11.0);
+        let intensity = vec![1.0; w * h];
+        let mut inst = Instances::new();
+        let cfg = InstanceConfig::default();
+        assert_eq!(inst.run(&mask, None, &intensity, w, h, &cfg), 1);
+        // The distance channel a model gives them: per-disk normalized distance, 0 on the line
+        // where they meet (x = 39).
+        let dist: Vec<f32> = (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as f32, (i / w) as f32);
+                let cx = if x < 39.0 { 32.0 } else { 46.0 };
+                let own = (11.0 - ((x - cx).powi(2) + (y - 20.0).powi(2)).sqrt()).max(0.0) / 11.0;
+                own.min((x - 39.0).abs() / 11.0)
+            })
+            .collect();
+        assert_eq!(inst.run(&mask, Some(&dist), &intensity, w, h, &cfg), 2);
+        let l = inst.labels();
+        assert_ne!(l[20 * w + 30], l[20 * w + 48]);
+        // A flat channel changes nothing.
+        assert_eq!(
+            inst.run(&mask, Some(&vec![1.0; w * h]), &intensity, w, h, &cfg),
+            1
+        );
+    }
+
+    #[test]
+    fn normalized_distance_peaks_at_each_centre_and_drops_where_nuclei_touch() {
+        let (w, h) = (40, 20);
+        let mut labels = vec![0u32; w * h];
+        for y in 5..15 {
+            for x in 5..35 {
+                labels[y * w + x] = if x < 20 { 1 } else { 7 };
+            }
+        }
+        let d = normalized_distance(&labels, w, h);
+        assert_eq!(d[0], 0.0);
+        let max1 = (0..w * h)
+            .filter(|&i| labels[i] == 1)
+            .map(|i| d[i])
+            .fold(0.0, f32::max);
+        assert_eq!(max1, 1.0);
+        // The touching columns are edges of both nuclei.
+        assert!(d[10 * w + 19] < 0.25 && d[10 * w + 20] < 0.25);
+        assert!(d[10 * w + 12] > 0.8 && d[10 * w + 27] > 0.8);
+        assert!(d.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
     #[test]
@@ -452,7 +604,7 @@ mod tests {
         let intensity: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
         let mut inst = Instances::new();
         assert_eq!(
-            inst.run(&mask, &intensity, w, h, &InstanceConfig::default()),
+            inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default()),
             1
         );
         let n = inst.nuclei()[0];

@@ -83,7 +83,7 @@ impl Model {
         }
         if graph.output.len() != 1 {
             bail!(
-                "model {source}: has {} outputs; expected exactly one probability map [N,1,H,W]",
+                "model {source}: has {} outputs; expected exactly one probability map [N,C,H,W]",
                 graph.output.len()
             );
         }
@@ -180,13 +180,15 @@ impl Model {
             })?
             .into_decluttered()?;
         let out = model.output_fact(0)?;
-        let want: TVec<TDim> = [batch, 1, tile, tile].iter().map(|&d| d.into()).collect();
+        let c = self.meta.channels.len();
+        let want: TVec<TDim> = [batch, c, tile, tile].iter().map(|&d| d.into()).collect();
         if out.shape.to_tvec() != want || out.datum_type != f32::datum_type() {
             bail!(
-                "model {}: output for a {tile}x{tile} tile is {:?} {:?}; expected f32 [{batch},1,{tile},{tile}] (one channel of the input's size)",
+                "model {}: output for a {tile}x{tile} tile is {:?} {:?}; expected f32 [{batch},{c},{tile},{tile}] ({c} channel(s) of the input's size: {})",
                 self.source,
                 out.datum_type,
-                out.shape
+                out.shape,
+                self.meta.channels.join(", ")
             );
         }
         Ok(model)
@@ -199,7 +201,12 @@ impl Model {
             .into_optimized()
             .with_context(|| format!("optimizing model {}", self.source))?;
         let plan = optimized.into_runnable_with_options(&RunOptions::default())?;
-        Ok(TilePlan { plan, batch, tile })
+        Ok(TilePlan {
+            plan,
+            batch,
+            tile,
+            channels: self.meta.channels.len(),
+        })
     }
 
     /// Reference run on a whole frame at once (no tiling): mirrors `pad` pixels onto every side,
@@ -286,6 +293,8 @@ pub struct TilePlan {
     pub batch: usize,
     /// Tile side.
     pub tile: usize,
+    /// Output channels.
+    pub channels: usize,
 }
 
 impl TilePlan {
@@ -299,6 +308,7 @@ impl TilePlan {
             output: None,
             batch: self.batch,
             tile: self.tile,
+            channels: self.channels,
         })
     }
 
@@ -337,6 +347,8 @@ pub struct TileRunner {
     pub batch: usize,
     /// Tile side.
     pub tile: usize,
+    /// Output channels.
+    pub channels: usize,
 }
 
 impl TileRunner {
@@ -351,7 +363,7 @@ impl TileRunner {
             .expect("input is a contiguous f32 tensor")
     }
 
-    /// Runs the model on the input buffer; the output is `[batch,1,tile,tile]`.
+    /// Runs the model on the input buffer; the output is `[batch,channels,tile,tile]`.
     pub fn run(&mut self) -> Result<&[f32]> {
         self.output = None;
         let mut outputs = self

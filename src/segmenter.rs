@@ -64,7 +64,11 @@ pub trait TileBackend: Send {
     fn batch(&self) -> usize;
     /// The `[batch,1,tile,tile]` input buffer to fill.
     fn input_mut(&mut self) -> &mut [f32];
-    /// Runs the batch; the output has the input's shape.
+    /// Output channels per tile (channel 0 is the foreground probability).
+    fn channels(&self) -> usize {
+        1
+    }
+    /// Runs the batch; the output is `[batch,channels,tile,tile]`.
     fn run(&mut self) -> Result<&[f32]>;
 }
 
@@ -74,6 +78,9 @@ impl TileBackend for TileRunner {
     }
     fn input_mut(&mut self) -> &mut [f32] {
         TileRunner::input_mut(self)
+    }
+    fn channels(&self) -> usize {
+        self.channels
     }
     fn run(&mut self) -> Result<&[f32]> {
         TileRunner::run(self)
@@ -89,13 +96,20 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
     normalized: Vec<f32>,
     scratch: Vec<f32>,
     prob: Vec<f32>,
+    /// Stitched `distance` channel, when the model has one (else empty).
+    distance: Vec<f32>,
     mask: Vec<u8>,
     tile_ms: Vec<f32>,
 }
 
 /// A raw pointer that worker threads share; each writes only the disjoint rectangles its tiles own.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32, *mut f32);
+struct SharedOut {
+    prob: *mut f32,
+    tile_ms: *mut f32,
+    /// Where the distance channel goes, with its channel index; `None` when not wanted.
+    distance: Option<(*mut f32, usize)>,
+}
 // SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
@@ -146,6 +160,14 @@ impl<B: TileBackend> Segmenter<B> {
         if runners.is_empty() || runners.iter().any(|r| r.batch() != cfg.batch) {
             bail!("need at least one backend, each with batch {}", cfg.batch);
         }
+        if runners.iter().any(|r| r.channels() != meta.channels.len()) {
+            bail!(
+                "the model's metadata names {} output channel(s) ({}), the backend gives {}",
+                meta.channels.len(),
+                meta.channels.join(","),
+                runners[0].channels()
+            );
+        }
         Ok(Segmenter {
             meta,
             cfg,
@@ -154,6 +176,7 @@ impl<B: TileBackend> Segmenter<B> {
             normalized: Vec::new(),
             scratch: Vec::new(),
             prob: Vec::new(),
+            distance: Vec::new(),
             mask: Vec::new(),
             tile_ms: Vec::new(),
         })
@@ -175,6 +198,9 @@ impl<B: TileBackend> Segmenter<B> {
             let n = width * height;
             self.normalized.resize(n, 0.0);
             self.prob.resize(n, 0.0);
+            if self.meta.distance_channel().is_some() {
+                self.distance.resize(n, 0.0);
+            }
             self.mask.resize(n, 0);
             self.tile_ms.resize(grid.len(), 0.0);
             self.scratch
@@ -199,7 +225,7 @@ impl<B: TileBackend> Segmenter<B> {
             .apply(frame, &mut self.normalized, &mut self.scratch);
         self.run_tiles()?;
         if self.meta.output == OutputKind::Logits {
-            for p in &mut self.prob {
+            for p in self.prob.iter_mut().chain(self.distance.iter_mut()) {
                 *p = 1.0 / (1.0 + (-*p).exp());
             }
         }
@@ -216,7 +242,14 @@ impl<B: TileBackend> Segmenter<B> {
         let n = grid.len();
         let threads = self.runners.len().min(n.div_ceil(self.cfg.batch)).max(1);
         let per = n.div_ceil(threads);
-        let out = SharedOut(self.prob.as_mut_ptr(), self.tile_ms.as_mut_ptr());
+        let out = SharedOut {
+            prob: self.prob.as_mut_ptr(),
+            tile_ms: self.tile_ms.as_mut_ptr(),
+            distance: self
+                .meta
+                .distance_channel()
+                .map(|c| (self.distance.as_mut_ptr(), c)),
+        };
         let normalized = &self.normalized;
         if threads == 1 {
             return run_range(&mut self.runners[0], grid, normalized, 0..n, out);
@@ -263,6 +296,11 @@ impl<B: TileBackend> Segmenter<B> {
         &self.prob
     }
 
+    /// The stitched `distance` channel of the last frame, when the model has one.
+    pub fn distance(&self) -> Option<&[f32]> {
+        (!self.distance.is_empty()).then_some(&self.distance[..])
+    }
+
     /// The binary mask (0/1) of the last frame.
     pub fn mask(&self) -> &[u8] {
         &self.mask
@@ -297,6 +335,7 @@ fn run_range<B: TileBackend>(
 ) -> Result<()> {
     let tt = grid.tile * grid.tile;
     let batch = runner.batch();
+    let channels = runner.channels();
     let mut k = range.start;
     while k < range.end {
         let m = batch.min(range.end - k);
@@ -308,15 +347,23 @@ fn run_range<B: TileBackend>(
         let output = runner.run()?;
         let ms = t0.elapsed().as_secs_f32() * 1e3 / m as f32;
         for j in 0..m {
-            let src = &output[j * tt..(j + 1) * tt];
             let (t, w) = (grid.tile, grid.width);
-            grid.for_owned_rows(k + j, |fy, fx, ty, tx, len| {
-                // SAFETY: tile k+j owns this row segment exclusively (see SharedOut).
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(fy * w + fx), len) };
-                dst.copy_from_slice(&src[ty * t + tx..ty * t + tx + len]);
-            });
+            let tile_out = &output[j * channels * tt..(j + 1) * channels * tt];
+            let copy = |dst_base: *mut f32, channel: usize| {
+                let src = &tile_out[channel * tt..(channel + 1) * tt];
+                grid.for_owned_rows(k + j, |fy, fx, ty, tx, len| {
+                    // SAFETY: tile k+j owns this row segment exclusively (see SharedOut).
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(dst_base.add(fy * w + fx), len) };
+                    dst.copy_from_slice(&src[ty * t + tx..ty * t + tx + len]);
+                });
+            };
+            copy(out.prob, 0);
+            if let Some((dist, c)) = out.distance {
+                copy(dist, c);
+            }
             // SAFETY: one timing slot per tile, written by the tile's only worker.
-            unsafe { *out.1.add(k + j) = ms };
+            unsafe { *out.tile_ms.add(k + j) = ms };
         }
         k += m;
     }

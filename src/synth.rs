@@ -36,6 +36,9 @@ impl Sample {
     }
 }
 
+/// Smallest nucleus semi-axis drawn, px: 5 px across, the low end of the model card's scale.
+pub const MIN_RADIUS: f32 = 2.5;
+
 /// Ranges the generator draws from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynthConfig {
@@ -123,7 +126,8 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
     let mut tries = 0;
     while nuclei.len() < n_target && tries < n_target * 20 {
         tries += 1;
-        let r = r_typ * (1.0 + 0.28 * rng.normal()).clamp(0.5, 1.8);
+        // Nuclei below 5 px across are outside the model card's scale (and specks, not nuclei).
+        let r = (r_typ * (1.0 + 0.28 * rng.normal()).clamp(0.5, 1.8)).max(MIN_RADIUS);
         let ecc = rng.range(0.0, 0.35);
         let (a, b) = (r * (1.0 + ecc), r * (1.0 - ecc * 0.7));
         let (cx, cy) = if !nuclei.is_empty() && rng.uniform() < cfg.cluster_prob {
@@ -167,8 +171,8 @@ pub fn generate(rng: &mut Rng, width: usize, height: usize, cfg: &SynthConfig) -
         // often saturated; after percentile normalization they push ordinary nuclei down to dim.
         if rng.uniform() < mitotic_rate {
             brightness *= rng.range(2.5, 6.0);
-            a *= 0.55;
-            b *= 0.45;
+            a = (a * 0.55).max(MIN_RADIUS);
+            b = (b * 0.45).max(MIN_RADIUS);
         }
         nuclei.push(Nucleus {
             cx,

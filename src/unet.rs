@@ -8,18 +8,25 @@ use crate::rng::Rng;
 use anyhow::{bail, Result};
 use tract_onnx::pb;
 
-/// Shape of the U-Net: `base` filters at full resolution, doubled at each of `depth` levels.
+/// Shape of the U-Net: `base` filters at full resolution, doubled at each of `depth` levels,
+/// and `outputs` channels out of the 1x1 head (see [`crate::contract::CHANNEL_NAMES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UNetSpec {
     /// Filters of the first encoder level (16 in the seed: 16-32-64-128, bottleneck 256).
     pub base: usize,
     /// Number of 2x down-sampling steps (4 in the seed).
     pub depth: usize,
+    /// Output channels: 1 (foreground, the seed) or 2 (foreground, distance).
+    pub outputs: usize,
 }
 
 impl Default for UNetSpec {
     fn default() -> Self {
-        UNetSpec { base: 16, depth: 4 }
+        UNetSpec {
+            base: 16,
+            depth: 4,
+            outputs: 1,
+        }
     }
 }
 
@@ -76,7 +83,7 @@ impl UNetSpec {
             v.push((format!("dec{l}.conv2"), c, c, 3));
             below = c;
         }
-        v.push(("head".into(), 1, self.base, 1));
+        v.push(("head".into(), self.outputs, self.base, 1));
         v
     }
 
@@ -178,9 +185,30 @@ impl UNetWeights {
         Ok(())
     }
 
-    /// The ONNX model: input `input` [N,1,H,W] (symbolic), output `prob` [N,1,H,W], sigmoid applied.
+    /// The ONNX model: input `input` [N,1,H,W] (symbolic), output `prob` [N,C,H,W], sigmoid
+    /// applied; the metadata's channel names are set from the spec.
     pub fn to_onnx(&self, meta: &ModelMeta) -> Result<pb::ModelProto> {
         self.validate()?;
+        let names = &crate::contract::CHANNEL_NAMES;
+        if self.spec.outputs == 0 || self.spec.outputs > names.len() {
+            bail!(
+                "a U-Net head with {} outputs has no meaning in the contract (1 or 2)",
+                self.spec.outputs
+            );
+        }
+        let meta = ModelMeta {
+            channels: names[..self.spec.outputs]
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            ..meta.clone()
+        };
+        let out_shape = [
+            Dim::Symbol("N".into()),
+            Dim::Fixed(self.spec.outputs),
+            Dim::Symbol("H".into()),
+            Dim::Symbol("W".into()),
+        ];
         let mut g = GraphBuilder::new("unet");
         let shape = [
             Dim::Symbol("N".into()),
@@ -220,13 +248,16 @@ impl UNetWeights {
         let prob = g.sigmoid(&logits);
         // Rename the last node's output to a stable name tools can rely on.
         let mut model = {
-            g.output(&prob, ElemType::F32, &shape);
+            g.output(&prob, ElemType::F32, &out_shape);
             for (k, v) in meta.to_props() {
                 g.metadata(&k, &v);
             }
             g.metadata(
                 "unet_edge.architecture",
-                &format!("unet base={} depth={}", self.spec.base, self.spec.depth),
+                &format!(
+                    "unet base={} depth={} outputs={}",
+                    self.spec.base, self.spec.depth, self.spec.outputs
+                ),
             );
             g.finish()
         };
@@ -383,7 +414,11 @@ mod tests {
 
     #[test]
     fn written_unet_runs_in_tract_and_matches_direct_evaluation() {
-        let spec = UNetSpec::default();
+        // Two output channels, so the head's channel order is checked too.
+        let spec = UNetSpec {
+            outputs: 2,
+            ..UNetSpec::default()
+        };
         let wts = spec.random_weights(42);
         let bytes = onnx_writer::encode(&wts.to_onnx(&ModelMeta::default()).unwrap());
         let (h, w) = (32, 48);
@@ -403,6 +438,11 @@ mod tests {
         let view = out.to_plain_array_view::<f32>().unwrap();
         let got = view.as_slice().unwrap();
         let want = reference::forward(&wts, &img, h, w);
+        assert_eq!((got.len(), want.len()), (2 * h * w, 2 * h * w));
+        let meta = crate::model::Model::from_bytes(&bytes, "test")
+            .unwrap()
+            .meta;
+        assert_eq!(meta.channels, ["foreground", "distance"]);
         let max = got
             .iter()
             .zip(&want)
@@ -417,7 +457,12 @@ mod tests {
 
     #[test]
     fn validate_rejects_wrong_shapes() {
-        let mut w = UNetSpec { base: 4, depth: 2 }.random_weights(0);
+        let mut w = UNetSpec {
+            base: 4,
+            depth: 2,
+            outputs: 1,
+        }
+        .random_weights(0);
         w.layers[1].weight.pop();
         assert!(w.validate().is_err());
         w.layers.pop();

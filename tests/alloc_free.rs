@@ -169,17 +169,25 @@ fn instance_separation_allocates_nothing_after_the_first_frame() {
         .map(|i| generate(&mut Rng::new(i), w, h, &SynthConfig::default()))
         .collect();
     let masks: Vec<Vec<u8>> = samples.iter().map(|s| s.mask()).collect();
+    // Every other frame with a distance channel, as a two-channel model gives it.
+    let dists: Vec<Option<Vec<f32>>> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (i % 2 == 0).then(|| unet_edge::instances::normalized_distance(&s.labels, w, h))
+        })
+        .collect();
     let mut inst = Instances::new();
     let cfg = InstanceConfig::default();
     // Warm up on the most crowded frame so the nuclei table has its largest capacity.
     let busiest = (0..samples.len())
         .max_by_key(|&i| samples[i].count())
         .unwrap();
-    inst.run(&masks[busiest], &samples[busiest].image, w, h, &cfg);
+    inst.run(&masks[busiest], None, &samples[busiest].image, w, h, &cfg);
     let (total, allocs, bytes) = count(|| {
         let mut total = 0;
-        for (m, s) in masks.iter().zip(&samples).skip(1) {
-            total += inst.run(m, &s.image, w, h, &cfg);
+        for ((m, s), d) in masks.iter().zip(&samples).zip(&dists).skip(1) {
+            total += inst.run(m, d.as_deref(), &s.image, w, h, &cfg);
         }
         total
     });

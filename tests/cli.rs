@@ -8,7 +8,11 @@ use unet_edge::rng::Rng;
 use unet_edge::synth::{generate, SynthConfig};
 
 fn seed_unet_bytes() -> Vec<u8> {
-    let spec = unet_edge::unet::UNetSpec { base: 4, depth: 2 };
+    let spec = unet_edge::unet::UNetSpec {
+        base: 4,
+        depth: 2,
+        outputs: 1,
+    };
     unet_edge::onnx_writer::encode(
         &spec
             .random_weights(3)

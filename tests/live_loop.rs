@@ -89,7 +89,11 @@ fn stop_flag_ends_the_loop_after_the_current_frame() {
 }
 
 fn tiny_model(dir: &std::path::Path) -> String {
-    let spec = unet_edge::unet::UNetSpec { base: 4, depth: 2 };
+    let spec = unet_edge::unet::UNetSpec {
+        base: 4,
+        depth: 2,
+        outputs: 1,
+    };
     let bytes = unet_edge::onnx_writer::encode(
         &spec
             .random_weights(3)

@@ -180,12 +180,14 @@ pub struct Augment {
     pub enabled: bool,
 }
 
-/// One training example: normalized input, binary target, per-pixel loss weight.
+/// One training example: normalized input, targets, per-pixel loss weight.
 pub struct Example {
     /// Normalized image, `tile`x`tile`.
     pub x: Vec<f32>,
     /// Foreground target (0/1).
     pub y: Vec<f32>,
+    /// Distance-channel target (see `unet_edge::instances::normalized_distance`).
+    pub d: Vec<f32>,
     /// Loss weight.
     pub w: Vec<f32>,
 }
@@ -280,7 +282,13 @@ pub fn make_example(
         Some((w0, sigma)) => border_weights(&labels, t, t, w0, sigma),
         None => vec![1.0; t * t],
     };
-    Example { x: img, y, w: wts }
+    let d = unet_edge::instances::normalized_distance(&labels, t, t);
+    Example {
+        x: img,
+        y,
+        d,
+        w: wts,
+    }
 }
 
 fn bilinear(d: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {

@@ -65,6 +65,17 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 2018)]
         seed: u64,
+        /// Output channels: 2 adds the normalized-distance channel that separates touching
+        /// nuclei; 1 is the seed's foreground-only net.
+        #[arg(long, default_value_t = 2)]
+        outputs: usize,
+        /// Weight of the distance channel's BCE in the loss.
+        #[arg(long, default_value_t = 1.0)]
+        distance_weight: f32,
+        /// Start from the best weights of another run (same base/depth; the head grows to
+        /// --outputs), e.g. to fine-tune a foreground net for the distance channel.
+        #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+        init_from: Option<PathBuf>,
         /// Continue the run in --run from its last checkpoint (same options required).
         #[arg(long)]
         resume: bool,
@@ -134,6 +145,9 @@ fn run(cli: Cli) -> Result<()> {
             border_sigma,
             val_images,
             seed,
+            outputs,
+            distance_weight,
+            init_from,
             resume,
         } => {
             let cfg = TrainConfig {
@@ -150,8 +164,10 @@ fn run(cli: Cli) -> Result<()> {
                 border_sigma,
                 val_images,
                 seed,
+                outputs,
+                distance_weight,
             };
-            let state = training::train(cfg, &run, resume)?;
+            let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(
                 "{}",
                 serde_json::json!({

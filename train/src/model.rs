@@ -10,12 +10,13 @@ use burn::tensor::module::{interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use unet_edge::unet::{ConvLayer, UNetSpec, UNetWeights};
 
-/// U-Net whose forward pass returns logits `[N,1,H,W]`; the exported graph adds the sigmoid.
+/// U-Net whose forward pass returns logits `[N,C,H,W]`; the exported graph adds the sigmoid.
 #[derive(Module, Debug)]
 pub struct UNet {
     convs: Vec<Conv2d>,
     base: usize,
     depth: usize,
+    outputs: usize,
 }
 
 impl UNet {
@@ -34,7 +35,49 @@ impl UNet {
             convs,
             base: spec.base,
             depth: spec.depth,
+            outputs: spec.outputs,
         }
+    }
+
+    /// This network with its 1x1 head grown to `outputs` channels: the existing channels keep
+    /// their weights, new ones start from a fresh initialisation. Fine-tuning a trained
+    /// foreground net for the distance channel starts from everything it already knows.
+    pub fn with_outputs(mut self, outputs: usize, device: &Device) -> Result<UNet> {
+        if outputs < self.outputs {
+            anyhow::bail!(
+                "cannot shrink the head from {} to {outputs} outputs",
+                self.outputs
+            );
+        }
+        if outputs == self.outputs {
+            return Ok(self);
+        }
+        let old = self.convs.pop().expect("head");
+        let fresh = Conv2dConfig::new([self.base, outputs], [1, 1])
+            .with_padding(PaddingConfig2d::Same)
+            .init(device);
+        let keep = self.outputs;
+        let weight = Tensor::cat(
+            vec![
+                old.weight.val(),
+                fresh.weight.val().narrow(0, keep, outputs - keep),
+            ],
+            0,
+        )
+        // A leaf again, so the optimiser can track it.
+        .detach();
+        let bias = match (&old.bias, &fresh.bias) {
+            (Some(o), Some(f)) => Some(burn::module::Param::from_tensor(
+                Tensor::cat(vec![o.val(), f.val().narrow(0, keep, outputs - keep)], 0).detach(),
+            )),
+            _ => None,
+        };
+        let mut head = fresh;
+        head.weight = burn::module::Param::from_tensor(weight);
+        head.bias = bias;
+        self.convs.push(head);
+        self.outputs = outputs;
+        Ok(self)
     }
 
     /// The architecture.
@@ -42,6 +85,7 @@ impl UNet {
         UNetSpec {
             base: self.base,
             depth: self.depth,
+            outputs: self.outputs,
         }
     }
 

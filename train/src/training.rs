@@ -47,6 +47,16 @@ pub struct TrainConfig {
     pub val_images: usize,
     /// Random seed.
     pub seed: u64,
+    /// Output channels: 1 (foreground) or 2 (foreground, distance).
+    #[serde(default = "one")]
+    pub outputs: usize,
+    /// Weight of the distance channel's loss.
+    #[serde(default)]
+    pub distance_weight: f32,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Progress saved with each checkpoint.
@@ -89,37 +99,64 @@ fn to_tensor(v: Vec<f32>, n: usize, t: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(v, [n, 1, t, t]), device)
 }
 
-/// Binary cross-entropy on logits (numerically stable), weighted per pixel, plus soft Dice.
-fn loss(logits: Tensor<4>, y: Tensor<4>, w: Tensor<4>, dice_weight: f32) -> Tensor<1> {
-    let z = logits;
-    let bce = z.clone().clamp_min(0.0) - z.clone() * y.clone()
-        + (z.clone().abs().neg().exp() + 1.0).log();
-    let wsum = w.clone().sum();
-    let bce = (bce * w).sum() / wsum;
-    if dice_weight <= 0.0 {
-        return bce;
-    }
-    let p = sigmoid(z);
-    let inter = (p.clone() * y.clone()).sum();
-    let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
-    bce + (dice.neg() + 1.0) * dice_weight
+/// Binary cross-entropy on logits (numerically stable) per pixel; soft targets allowed.
+fn bce(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
+    z.clone().clamp_min(0.0) - z.clone() * y + (z.abs().neg().exp() + 1.0).log()
 }
 
-fn batch(examples: &[Example], t: usize, device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-    let n = examples.len();
-    let mut x = Vec::with_capacity(n * t * t);
-    let mut y = Vec::with_capacity(n * t * t);
-    let mut w = Vec::with_capacity(n * t * t);
-    for e in examples {
-        x.extend_from_slice(&e.x);
-        y.extend_from_slice(&e.y);
-        w.extend_from_slice(&e.w);
+/// Foreground: BCE weighted per pixel plus soft Dice. Distance channel (when the net has one):
+/// BCE against the normalized-distance target, times `distance_weight`.
+fn loss(
+    logits: Tensor<4>,
+    y: Tensor<4>,
+    d: Tensor<4>,
+    w: Tensor<4>,
+    cfg: &TrainConfig,
+) -> Tensor<1> {
+    let z = logits.clone().narrow(1, 0, 1);
+    let wsum = w.clone().sum();
+    let mut l = (bce(z.clone(), y.clone()) * w).sum() / wsum;
+    if cfg.dice_weight > 0.0 {
+        let p = sigmoid(z);
+        let inter = (p.clone() * y.clone()).sum();
+        let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
+        l = l + (dice.neg() + 1.0) * cfg.dice_weight;
     }
+    if cfg.outputs > 1 {
+        l = l + bce(logits.narrow(1, 1, 1), d).mean() * cfg.distance_weight;
+    }
+    l
+}
+
+/// Input, foreground target, distance target and loss weight of a batch.
+fn batch(
+    examples: &[Example],
+    t: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let n = examples.len();
+    let cat = |f: &dyn Fn(&Example) -> &[f32]| {
+        let mut v = Vec::with_capacity(n * t * t);
+        for e in examples {
+            v.extend_from_slice(f(e));
+        }
+        to_tensor(v, n, t, device)
+    };
     (
-        to_tensor(x, n, t, device),
-        to_tensor(y, n, t, device),
-        to_tensor(w, n, t, device),
+        cat(&|e| &e.x),
+        cat(&|e| &e.y),
+        cat(&|e| &e.d),
+        cat(&|e| &e.w),
     )
+}
+
+/// The foreground channel of `[N,C,H,W]` logits as plain data.
+fn foreground(logits: Tensor<4>) -> Result<Vec<f32>> {
+    logits
+        .narrow(1, 0, 1)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 /// Foreground overlap of logits thresholded at 0 (probability 0.5) with 0/1 targets.
@@ -166,12 +203,8 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
     let model = model.valid();
     let mut overlap = Overlap::default();
     for chunk in val.chunks(8) {
-        let (x, _, _) = batch(chunk, t, device);
-        let logits = model
-            .forward(x)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (x, _, _, _) = batch(chunk, t, device);
+        let logits = foreground(model.forward(x))?;
         overlap.add(&logits, chunk.iter().flat_map(|e| e.y.iter()));
     }
     let (dice, iou) = (overlap.dice(), overlap.iou());
@@ -254,8 +287,14 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
     Ok((Dataset::Folder(samples), val))
 }
 
-/// Trains (or resumes) a run in `dir`; returns the final state.
-pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
+/// Trains (or resumes) a run in `dir`, optionally starting from the best weights of run
+/// `init` (its head grown to this run's outputs); returns the final state.
+pub fn train(
+    cfg: TrainConfig,
+    dir: &Path,
+    resume: bool,
+    init: Option<&Path>,
+) -> Result<TrainState> {
     if !cfg.tile.is_multiple_of(1 << cfg.depth) {
         bail!(
             "--tile {} must be a multiple of 2^depth = {}",
@@ -270,11 +309,30 @@ pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating run directory {}", dir.display()))?;
     let device = Device::flex().autodiff();
+    if !(1..=2).contains(&cfg.outputs) {
+        bail!(
+            "--outputs {}: expected 1 (foreground) or 2 (foreground, distance)",
+            cfg.outputs
+        );
+    }
     let spec = UNetSpec {
         base: cfg.base,
         depth: cfg.depth,
+        outputs: cfg.outputs,
     };
     let mut model = UNet::new(spec, &device);
+    if let (Some(from), false) = (init, resume) {
+        model = load_run(from, &device)?.with_outputs(cfg.outputs, &device)?;
+        if model.spec() != spec {
+            bail!(
+                "--init-from {}: its network {:?} differs from this run's {:?}",
+                from.display(),
+                model.spec(),
+                spec
+            );
+        }
+        eprintln!("starting from the best weights of {}", from.display());
+    }
     let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
     let mut state = TrainState::default();
     if resume {
@@ -348,9 +406,9 @@ pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
                 make_example(&data.get(pick), &aug, &mut rng, border)
             })
             .collect();
-        let (x, y, w) = batch(&examples, cfg.tile, &device);
+        let (x, y, d, w) = batch(&examples, cfg.tile, &device);
         let logits = model.forward(x);
-        let l = loss(logits.clone(), y.clone(), w, cfg.dice_weight);
+        let l = loss(logits.clone(), y, d, w, &cfg);
         let loss_v = l.clone().into_scalar::<f32>();
         if !loss_v.is_finite() {
             bail!("loss became {loss_v} at step {step}; lower --lr");
@@ -358,7 +416,7 @@ pub fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<TrainState> {
         let grads = GradientsParams::from_grads(l.backward(), &model);
         model = optim.step(lr_at(&cfg, step), model, grads);
         // Training Dice from this batch's predictions, for the progress line.
-        let p = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let p = foreground(logits).unwrap_or_default();
         let mut overlap = Overlap::default();
         overlap.add(&p, examples.iter().flat_map(|e| e.y.iter()));
         let dice = overlap.dice() as f32;
@@ -466,17 +524,28 @@ pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
     let state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
-    let device = Device::flex();
-    let model = UNet::new(
+    let model = load_run(dir, &Device::flex())?;
+    export(&model, &cfg, &state, out)
+}
+
+/// The best weights of a run, in the network its config describes.
+fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D) -> Result<UNet> {
+    let device: Device = device.clone().into();
+    let run = RunDir(dir.to_path_buf());
+    let cfg: TrainConfig =
+        serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
+            format!("{}: not a run directory (no config.json)", dir.display())
+        })?)?;
+    UNet::new(
         UNetSpec {
             base: cfg.base,
             depth: cfg.depth,
+            outputs: cfg.outputs,
         },
         &device,
     )
     .try_load_file(run.best())
-    .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.best().display()))?;
-    export(&model, &cfg, &state, out)
+    .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.best().display()))
 }
 
 #[cfg(test)]
@@ -499,13 +568,20 @@ mod tests {
             border_sigma: 3.0,
             val_images: 4,
             seed: 1,
+            outputs: 2,
+            distance_weight: 1.0,
         }
     }
 
     #[test]
     fn burn_forward_matches_tract_on_the_exported_onnx() {
         let device = Device::flex();
-        let model = UNet::new(UNetSpec { base: 4, depth: 2 }, &device);
+        let spec = UNetSpec {
+            base: 4,
+            depth: 2,
+            outputs: 2,
+        };
+        let model = UNet::new(spec, &device);
         let mut rng = Rng::new(11);
         let (n, t) = (2, 32);
         let x: Vec<f32> = (0..n * t * t).map(|_| rng.normal()).collect();
@@ -537,18 +613,20 @@ mod tests {
     #[test]
     fn smoke_train_resume_export_and_load() {
         let dir = tempfile::tempdir().unwrap();
-        let s = train(tiny(2), dir.path(), false).unwrap();
+        let s = train(tiny(2), dir.path(), false, None).unwrap();
         assert_eq!(s.step, 2);
         assert_eq!(s.history.len(), 1);
         let mut other = tiny(4);
         other.lr = 0.1;
-        let e = train(other, dir.path(), true).err().map(|e| e.to_string());
+        let e = train(other, dir.path(), true, None)
+            .err()
+            .map(|e| e.to_string());
         assert!(
             e.unwrap().contains("differ"),
             "resume with other options is refused"
         );
         // Resume continues from the checkpoint; --steps may grow to extend the run.
-        let s = train(tiny(4), dir.path(), true).unwrap();
+        let s = train(tiny(4), dir.path(), true, None).unwrap();
         assert_eq!(s.step, 4);
         assert_eq!(
             s.history.len(),
@@ -560,11 +638,38 @@ mod tests {
         assert_eq!(m.meta.tile, Some(32));
         let mut r = m.plan(1, 32).unwrap().runner().unwrap();
         let out = r.run().unwrap();
-        assert_eq!(out.len(), 32 * 32);
+        assert_eq!(out.len(), 2 * 32 * 32);
         assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
+        assert_eq!(m.meta.channels, ["foreground", "distance"]);
         let out2 = dir.path().join("again.onnx");
         export_run(dir.path(), &out2).unwrap();
         assert!(Model::from_path(&out2).is_ok());
+    }
+
+    #[test]
+    fn init_from_a_one_channel_run_keeps_its_foreground_and_grows_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one");
+        let two = dir.path().join("two");
+        let cfg1 = TrainConfig {
+            outputs: 1,
+            ..tiny(2)
+        };
+        train(cfg1, &one, false, None).unwrap();
+        let device = Device::flex();
+        let a = load_run(&one, &device).unwrap();
+        let b = a.clone().with_outputs(2, &device).unwrap();
+        let x = to_tensor(vec![0.3; 32 * 32], 1, 32, &device);
+        let fa = foreground(a.forward(x.clone())).unwrap();
+        let fb = foreground(b.forward(x)).unwrap();
+        assert_eq!(
+            fa, fb,
+            "the foreground channel is unchanged by growing the head"
+        );
+        // Training from it with the distance channel runs and exports two channels.
+        train(tiny(2), &two, false, Some(&one)).unwrap();
+        let m = Model::from_path(&RunDir(two).best_onnx()).unwrap();
+        assert_eq!(m.meta.channels.len(), 2);
     }
 
     #[test]

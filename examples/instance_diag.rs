@@ -1,0 +1,130 @@
+//! Where instance errors come from, on held-out synthetic frames: the separation step alone (true
+//! binary mask in) against the whole pipeline (model mask in), with recall and precision by
+//! nucleus size.
+//!
+//! `cargo run --example instance_diag -- [MODEL.onnx] [COUNT] [FIRST_SEED]` (default: the
+//! embedded model, 40 frames of 256x256 from seed 900000 — the trainer's `synth` defaults).
+
+use anyhow::Result;
+use unet_edge::instances::{InstanceConfig, Instances};
+use unet_edge::metrics::Scores;
+use unet_edge::model::Model;
+use unet_edge::rng::Rng;
+use unet_edge::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::synth::{generate, SynthConfig};
+
+const BUCKETS: [(u32, u32); 7] = [
+    (0, 12),
+    (12, 25),
+    (25, 50),
+    (50, 100),
+    (100, 200),
+    (200, 500),
+    (500, u32::MAX),
+];
+
+/// Per size bucket of the true nuclei: (matched, total); and of predicted: (matched, total).
+fn by_size(pred: &[u32], truth: &[u32], rec: &mut [(usize, usize)], prec: &mut [(usize, usize)]) {
+    use std::collections::HashMap;
+    let mut ap: HashMap<u32, u32> = HashMap::new();
+    let mut at: HashMap<u32, u32> = HashMap::new();
+    let mut inter: HashMap<(u32, u32), u32> = HashMap::new();
+    for (&p, &t) in pred.iter().zip(truth) {
+        if p > 0 {
+            *ap.entry(p).or_default() += 1;
+        }
+        if t > 0 {
+            *at.entry(t).or_default() += 1;
+        }
+        if p > 0 && t > 0 {
+            *inter.entry((p, t)).or_default() += 1;
+        }
+    }
+    let mut mp = std::collections::HashSet::new();
+    let mut mt = std::collections::HashSet::new();
+    for (&(p, t), &i) in &inter {
+        if i as f64 / (ap[&p] + at[&t] - i) as f64 > 0.5 {
+            mp.insert(p);
+            mt.insert(t);
+        }
+    }
+    let bucket = |a: u32| {
+        BUCKETS
+            .iter()
+            .position(|&(lo, hi)| a >= lo && a < hi)
+            .unwrap()
+    };
+    for (&t, &a) in &at {
+        let b = bucket(a);
+        rec[b].1 += 1;
+        rec[b].0 += mt.contains(&t) as usize;
+    }
+    for (&p, &a) in &ap {
+        let b = bucket(a);
+        prec[b].1 += 1;
+        prec[b].0 += mp.contains(&p) as usize;
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model = match args.get(1).filter(|a| a.as_str() != "-") {
+        Some(p) => Model::from_path(std::path::Path::new(p))?,
+        None => Model::load(None)?,
+    };
+    let count: u64 = args.get(2).map_or(Ok(40), |s| s.parse())?;
+    let seed: u64 = args.get(3).map_or(Ok(900_000), |s| s.parse())?;
+    let cfg = SegmentConfig {
+        threads: 2,
+        ..SegmentConfig::for_model(&model)
+    };
+    let mut seg = Segmenter::new(&model, cfg)?;
+    let icfg = InstanceConfig::default();
+    let mut inst = Instances::new();
+    let mut scores = [Scores::default(), Scores::default(), Scores::default()];
+    let mut rec = [[(0usize, 0usize); BUCKETS.len()]; 3];
+    let mut prec = [[(0usize, 0usize); BUCKETS.len()]; 3];
+    for i in 0..count {
+        let s = generate(&mut Rng::new(seed + i), 256, 256, &SynthConfig::default());
+        let truth: Vec<u32> = s.labels.iter().map(|&l| l as u32).collect();
+        let true_dist = unet_edge::instances::normalized_distance(&truth, 256, 256);
+        seg.segment(&s.image, 256, 256)?;
+        let mask = s.mask();
+        let runs: [(&[u8], Option<&[f32]>); 3] = [
+            (&mask, None),
+            (&mask, Some(&true_dist)),
+            (seg.mask(), seg.distance()),
+        ];
+        for (k, (m, d)) in runs.into_iter().enumerate() {
+            inst.run(m, d, &s.image, 256, 256, &icfg);
+            scores[k].accumulate(&Scores::compare(inst.labels(), &truth));
+            by_size(inst.labels(), &truth, &mut rec[k], &mut prec[k]);
+        }
+    }
+    let names = [
+        "true mask -> instances",
+        "true mask + true distance -> instances",
+        "model -> instances",
+    ];
+    for (k, (name, sc)) in names.iter().zip(&scores).enumerate() {
+        println!(
+            "{name}: pixel Dice {:.3}  F1@0.5 {:.3} (P {:.3} R {:.3}; {} true, {} found)  DSB {:.3}",
+            sc.pixel_dice, sc.f1_at_05, sc.precision, sc.recall, sc.n_true, sc.n_pred, sc.dsb2018_score
+        );
+        for (b, &(lo, hi)) in BUCKETS.iter().enumerate() {
+            let (m, n) = rec[k][b];
+            let (pm, pn) = prec[k][b];
+            println!(
+                "   area {lo:>4}..{:<5} recall {:.2} ({m}/{n})  precision {:.2} ({pm}/{pn})",
+                if hi == u32::MAX {
+                    "".into()
+                } else {
+                    hi.to_string()
+                },
+                m as f64 / n.max(1) as f64,
+                pm as f64 / pn.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}

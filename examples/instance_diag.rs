@@ -81,18 +81,35 @@ fn main() -> Result<()> {
     let mut seg = Segmenter::new(&model, cfg)?;
     let icfg = InstanceConfig::default();
     let mut inst = Instances::new();
-    let mut scores = [Scores::default(), Scores::default(), Scores::default()];
-    let mut rec = [[(0usize, 0usize); BUCKETS.len()]; 3];
-    let mut prec = [[(0usize, 0usize); BUCKETS.len()]; 3];
+    let mut scores = [
+        Scores::default(),
+        Scores::default(),
+        Scores::default(),
+        Scores::default(),
+    ];
+    let mut rec = [[(0usize, 0usize); BUCKETS.len()]; 4];
+    let mut dist_err = 0.0f64;
+    let mut prec = [[(0usize, 0usize); BUCKETS.len()]; 4];
     for i in 0..count {
         let s = generate(&mut Rng::new(seed + i), 256, 256, &SynthConfig::default());
         let truth: Vec<u32> = s.labels.iter().map(|&l| l as u32).collect();
         let true_dist = unet_edge::instances::normalized_distance(&truth, 256, 256);
         seg.segment(&s.image, 256, 256)?;
         let mask = s.mask();
-        let runs: [(&[u8], Option<&[f32]>); 3] = [
+        if let Some(pd) = seg.distance() {
+            let (mut err, mut n) = (0.0f64, 0usize);
+            for i in 0..truth.len() {
+                if truth[i] > 0 {
+                    err += (pd[i] - true_dist[i]).abs() as f64;
+                    n += 1;
+                }
+            }
+            dist_err += err / n.max(1) as f64 / count as f64;
+        }
+        let runs: [(&[u8], Option<&[f32]>); 4] = [
             (&mask, None),
             (&mask, Some(&true_dist)),
+            (seg.mask(), Some(&true_dist)),
             (seg.mask(), seg.distance()),
         ];
         for (k, (m, d)) in runs.into_iter().enumerate() {
@@ -101,9 +118,13 @@ fn main() -> Result<()> {
             by_size(inst.labels(), &truth, &mut rec[k], &mut prec[k]);
         }
     }
+    if seg.distance().is_some() {
+        println!("distance channel: mean |predicted - true| inside nuclei {dist_err:.3}");
+    }
     let names = [
         "true mask -> instances",
         "true mask + true distance -> instances",
+        "model mask + true distance -> instances",
         "model -> instances",
     ];
     for (k, (name, sc)) in names.iter().zip(&scores).enumerate() {

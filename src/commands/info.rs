@@ -19,8 +19,11 @@ pub fn run(a: InfoArgs) -> Result<i32> {
     println!("model:       {}", model.source);
     println!("input:       f32 [{}, 1, {t}, {t}]", cfg.batch);
     println!(
-        "output:      f32 [{}, 1, {t}, {t}] ({:?})",
-        cfg.batch, model.meta.output
+        "output:      f32 [{}, {}, {t}, {t}] ({:?}; channels: {})",
+        cfg.batch,
+        model.meta.channels.len(),
+        model.meta.output,
+        model.meta.channels.join(", ")
     );
     println!("parameters:  {}", model.parameters());
     let macs = model.macs_per_tile(t)?;

@@ -88,6 +88,9 @@ enum Command {
         /// Output ONNX path.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Export the last checkpoint instead of the best (by validation foreground Dice).
+        #[arg(long)]
+        last: bool,
     },
     /// Write synthetic images and masks as one PNG sheet (images on top, masks below).
     Sheet {
@@ -181,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Export { run, out } => training::export_run(&run, &out),
+        Command::Export { run, out, last } => training::export_run(&run, &out, last),
         Command::Sheet {
             out,
             count,

@@ -70,6 +70,10 @@ pub struct TrainState {
     pub best_iou: f32,
     /// Step of the best checkpoint.
     pub best_step: usize,
+    /// Selection score of the best checkpoint: Dice, minus half the distance channel's mean
+    /// error inside nuclei when the net has that channel (so separation counts too).
+    #[serde(default)]
+    pub best_score: f32,
     /// Seconds spent training (over all resumes).
     pub seconds: f64,
     /// Validation history: (step, loss, dice, iou).
@@ -83,6 +87,15 @@ pub struct ValScore {
     pub dice: f32,
     /// Pixel IoU over the validation set.
     pub iou: f32,
+    /// Mean |predicted - true| of the distance channel inside nuclei (nets with that channel).
+    pub dist_err: Option<f32>,
+}
+
+impl ValScore {
+    /// What checkpoint selection maximises.
+    pub fn score(&self) -> f32 {
+        self.dice - 0.5 * self.dist_err.unwrap_or(0.0)
+    }
 }
 
 fn lr_at(cfg: &TrainConfig, step: usize) -> f64 {
@@ -202,15 +215,32 @@ impl Overlap {
 pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Result<ValScore> {
     let model = model.valid();
     let mut overlap = Overlap::default();
+    let (mut err, mut n_in) = (0.0f64, 0usize);
+    let outputs = model.spec().outputs;
     for chunk in val.chunks(8) {
         let (x, _, _, _) = batch(chunk, t, device);
-        let logits = foreground(model.forward(x))?;
+        let out = model.forward(x);
+        if outputs > 1 {
+            let d = sigmoid(out.clone().narrow(1, 1, 1))
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let truth = chunk.iter().flat_map(|e| e.d.iter().zip(&e.y));
+            for (p, (td, y)) in d.iter().zip(truth) {
+                if *y > 0.5 {
+                    err += (p - td).abs() as f64;
+                    n_in += 1;
+                }
+            }
+        }
+        let logits = foreground(out)?;
         overlap.add(&logits, chunk.iter().flat_map(|e| e.y.iter()));
     }
     let (dice, iou) = (overlap.dice(), overlap.iou());
     Ok(ValScore {
         dice: dice as f32,
         iou: iou as f32,
+        dist_err: (outputs > 1).then(|| (err / n_in.max(1) as f64) as f32),
     })
 }
 
@@ -322,7 +352,7 @@ pub fn train(
     };
     let mut model = UNet::new(spec, &device);
     if let (Some(from), false) = (init, resume) {
-        model = load_run(from, &device)?.with_outputs(cfg.outputs, &device)?;
+        model = load_run(from, &device, false)?.with_outputs(cfg.outputs, &device)?;
         if model.spec() != spec {
             bail!(
                 "--init-from {}: its network {:?} differs from this run's {:?}",
@@ -451,10 +481,13 @@ pub fn train(
             state.seconds = seconds_before + t_start.elapsed().as_secs_f64();
             state.history.push((state.step, ema_loss, v.dice, v.iou));
             let line = format!(
-                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}  ({:.2} s/step)",
+                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}{}  ({:.2} s/step)",
                 state.step,
                 v.dice,
                 v.iou,
+                v.dist_err
+                    .map(|e| format!("  val distance err {e:.4}"))
+                    .unwrap_or_default(),
                 t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64
             );
             if bar.is_hidden() {
@@ -462,7 +495,8 @@ pub fn train(
             } else {
                 bar.println(line);
             }
-            if v.dice >= state.best_dice {
+            if state.best_step == 0 || v.score() >= state.best_score {
+                state.best_score = v.score();
                 state.best_dice = v.dice;
                 state.best_iou = v.iou;
                 state.best_step = state.step;
@@ -516,20 +550,20 @@ pub fn export(model: &UNet, cfg: &TrainConfig, state: &TrainState, out: &Path) -
     write_atomic(out, &unet_edge::onnx_writer::encode(&proto))
 }
 
-/// Loads a run's best checkpoint and exports it.
-pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
+/// Loads a run's best (or last) checkpoint and exports it.
+pub fn export_run(dir: &Path, out: &Path, last: bool) -> Result<()> {
     let run = RunDir(dir.to_path_buf());
     let cfg: TrainConfig =
         serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
     let state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
-    let model = load_run(dir, &Device::flex())?;
+    let model = load_run(dir, &Device::flex(), last)?;
     export(&model, &cfg, &state, out)
 }
 
-/// The best weights of a run, in the network its config describes.
-fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D) -> Result<UNet> {
+/// The best (or last) weights of a run, in the network its config describes.
+fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Result<UNet> {
     let device: Device = device.clone().into();
     let run = RunDir(dir.to_path_buf());
     let cfg: TrainConfig =
@@ -544,8 +578,8 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D) -> Result<UNet> {
         },
         &device,
     )
-    .try_load_file(run.best())
-    .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", run.best().display()))
+    .try_load_file(if last { run.last() } else { run.best() })
+    .map_err(|e| anyhow::anyhow!("loading weights from {}: {e:?}", dir.display()))
 }
 
 #[cfg(test)]
@@ -642,7 +676,8 @@ mod tests {
         assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
         assert_eq!(m.meta.channels, ["foreground", "distance"]);
         let out2 = dir.path().join("again.onnx");
-        export_run(dir.path(), &out2).unwrap();
+        export_run(dir.path(), &out2, false).unwrap();
+        export_run(dir.path(), &out2, true).unwrap();
         assert!(Model::from_path(&out2).is_ok());
     }
 
@@ -657,7 +692,7 @@ mod tests {
         };
         train(cfg1, &one, false, None).unwrap();
         let device = Device::flex();
-        let a = load_run(&one, &device).unwrap();
+        let a = load_run(&one, &device, false).unwrap();
         let b = a.clone().with_outputs(2, &device).unwrap();
         let x = to_tensor(vec![0.3; 32 * 32], 1, 32, &device);
         let fa = foreground(a.forward(x.clone())).unwrap();

@@ -88,29 +88,50 @@ fn main() -> Result<()> {
         Scores::default(),
     ];
     let mut rec = [[(0usize, 0usize); BUCKETS.len()]; 4];
-    let mut dist_err = 0.0f64;
+    let mut core_err = 0.0f64;
+    let (mut at_touch, mut at_centre) = ((0.0f64, 0usize), (0.0f64, 0usize));
     let mut prec = [[(0usize, 0usize); BUCKETS.len()]; 4];
     for i in 0..count {
         let s = generate(&mut Rng::new(seed + i), 256, 256, &SynthConfig::default());
         let truth: Vec<u32> = s.labels.iter().map(|&l| l as u32).collect();
-        let true_dist = unet_edge::instances::normalized_distance(&truth, 256, 256);
+        let true_core = unet_edge::instances::core_target(&truth, 256, 256);
         seg.segment(&s.image, 256, 256)?;
         let mask = s.mask();
-        if let Some(pd) = seg.distance() {
+        if let Some(pd) = seg.core() {
             let (mut err, mut n) = (0.0f64, 0usize);
             for i in 0..truth.len() {
                 if truth[i] > 0 {
-                    err += (pd[i] - true_dist[i]).abs() as f64;
+                    err += (pd[i] - true_core[i]).abs() as f64;
                     n += 1;
                 }
             }
-            dist_err += err / n.max(1) as f64 / count as f64;
+            core_err += err / n.max(1) as f64 / count as f64;
+            // Where nuclei touch (a 4-neighbour has another label) vs their centres.
+            for y in 1..255 {
+                for x in 1..255 {
+                    let i = y * 256 + x;
+                    let l = truth[i];
+                    if l == 0 {
+                        continue;
+                    }
+                    let touch = [i - 1, i + 1, i - 256, i + 256]
+                        .iter()
+                        .any(|&j| truth[j] != 0 && truth[j] != l);
+                    if touch {
+                        at_touch.0 += pd[i] as f64;
+                        at_touch.1 += 1;
+                    } else if true_core[i] > 0.5 {
+                        at_centre.0 += pd[i] as f64;
+                        at_centre.1 += 1;
+                    }
+                }
+            }
         }
         let runs: [(&[u8], Option<&[f32]>); 4] = [
             (&mask, None),
-            (&mask, Some(&true_dist)),
-            (seg.mask(), Some(&true_dist)),
-            (seg.mask(), seg.distance()),
+            (&mask, Some(&true_core)),
+            (seg.mask(), Some(&true_core)),
+            (seg.mask(), seg.core()),
         ];
         for (k, (m, d)) in runs.into_iter().enumerate() {
             inst.run(m, d, &s.image, 256, 256, &icfg);
@@ -118,13 +139,17 @@ fn main() -> Result<()> {
             by_size(inst.labels(), &truth, &mut rec[k], &mut prec[k]);
         }
     }
-    if seg.distance().is_some() {
-        println!("distance channel: mean |predicted - true| inside nuclei {dist_err:.3}");
+    if seg.core().is_some() {
+        println!(
+            "core channel: mean |predicted - true| inside nuclei {core_err:.3}; mean predicted where nuclei touch {:.3}, at true cores {:.3}",
+            at_touch.0 / at_touch.1.max(1) as f64,
+            at_centre.0 / at_centre.1.max(1) as f64
+        );
     }
     let names = [
         "true mask -> instances",
-        "true mask + true distance -> instances",
-        "model mask + true distance -> instances",
+        "true mask + true core -> instances",
+        "model mask + true core -> instances",
         "model -> instances",
     ];
     for (k, (name, sc)) in names.iter().zip(&scores).enumerate() {

@@ -17,15 +17,14 @@ pub const KEY_TILE: &str = "unet_edge.tile";
 pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
 /// Metadata key: the receptive-field-derived margin the runtime uses by default.
 pub const KEY_MARGIN: &str = "unet_edge.margin";
-/// Metadata key: what each output channel means, comma-separated, e.g. `foreground,distance`.
-/// Channel 0 is always the foreground probability; `distance` is the distance to the edge of the
-/// pixel's own nucleus divided by that nucleus's largest such distance (0 on its edge and outside,
-/// 1 at its innermost point), which drops to 0 along the line where two nuclei touch and so
-/// separates them. Absent: one `foreground` channel.
+/// Metadata key: what each output channel means, comma-separated, e.g. `foreground,core`.
+/// Channel 0 is always the foreground probability; `core` is the probability that a pixel lies in
+/// the inner half of its nucleus (see [`crate::instances::core_target`]), which is zero along the
+/// line where two nuclei touch and so separates them. Absent: one `foreground` channel.
 pub const KEY_CHANNELS: &str = "unet_edge.channels";
 
 /// Channel names the runtime understands.
-pub const CHANNEL_NAMES: [&str; 2] = ["foreground", "distance"];
+pub const CHANNEL_NAMES: [&str; 2] = ["foreground", "core"];
 
 /// What the model's output means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +111,7 @@ impl ModelMeta {
                 || (1..names.len()).any(|i| names[..i].contains(&names[i]))
             {
                 bail!(
-                    "metadata {KEY_CHANNELS} is {v:?}; expected \"foreground\" or \"foreground,distance\""
+                    "metadata {KEY_CHANNELS} is {v:?}; expected \"foreground\" or \"foreground,core\""
                 );
             }
             m.channels = names;
@@ -144,9 +143,9 @@ impl ModelMeta {
         p
     }
 
-    /// Index of the `distance` channel, when the model has one.
-    pub fn distance_channel(&self) -> Option<usize> {
-        self.channels.iter().position(|c| c == "distance")
+    /// Index of the `core` channel, when the model has one.
+    pub fn core_channel(&self) -> Option<usize> {
+        self.channels.iter().position(|c| c == "core")
     }
 }
 
@@ -163,10 +162,10 @@ mod tests {
         m2.output = OutputKind::Logits;
         m2.tile = Some(128);
         m2.margin = Some(24);
-        m2.channels = vec!["foreground".into(), "distance".into()];
+        m2.channels = vec!["foreground".into(), "core".into()];
         let back = ModelMeta::from_props(m2.to_props()).unwrap();
-        assert_eq!(back.distance_channel(), Some(1));
-        assert_eq!(m.distance_channel(), None);
+        assert_eq!(back.core_channel(), Some(1));
+        assert_eq!(m.core_channel(), None);
         assert_eq!(back.output, OutputKind::Logits);
         assert_eq!(back.tile, Some(128));
         assert_eq!(back.margin, Some(24));
@@ -178,9 +177,10 @@ mod tests {
             (KEY_OUTPUT, "softmax"),
             (KEY_THRESHOLD, "2"),
             (KEY_TILE, "big"),
-            (KEY_CHANNELS, "distance,foreground"),
+            (KEY_CHANNELS, "core,foreground"),
             (KEY_CHANNELS, "foreground,edges"),
-            (KEY_CHANNELS, "foreground,distance,distance"),
+            (KEY_CHANNELS, "foreground,core,core"),
+            (KEY_CHANNELS, "foreground,distance"),
         ] {
             let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");

@@ -232,7 +232,7 @@ where
             let timing = seg.segment(&front.data, front.width, front.height)?;
             let nuclei = inst.run(
                 seg.mask(),
-                seg.distance(),
+                seg.core(),
                 &front.data,
                 front.width,
                 front.height,

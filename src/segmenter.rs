@@ -96,8 +96,8 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
     normalized: Vec<f32>,
     scratch: Vec<f32>,
     prob: Vec<f32>,
-    /// Stitched `distance` channel, when the model has one (else empty).
-    distance: Vec<f32>,
+    /// Stitched `core` channel, when the model has one (else empty).
+    core: Vec<f32>,
     mask: Vec<u8>,
     tile_ms: Vec<f32>,
 }
@@ -107,8 +107,8 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
 struct SharedOut {
     prob: *mut f32,
     tile_ms: *mut f32,
-    /// Where the distance channel goes, with its channel index; `None` when not wanted.
-    distance: Option<(*mut f32, usize)>,
+    /// Where the core channel goes, with its channel index; `None` when not wanted.
+    core: Option<(*mut f32, usize)>,
 }
 // SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
 unsafe impl Send for SharedOut {}
@@ -176,7 +176,7 @@ impl<B: TileBackend> Segmenter<B> {
             normalized: Vec::new(),
             scratch: Vec::new(),
             prob: Vec::new(),
-            distance: Vec::new(),
+            core: Vec::new(),
             mask: Vec::new(),
             tile_ms: Vec::new(),
         })
@@ -198,8 +198,8 @@ impl<B: TileBackend> Segmenter<B> {
             let n = width * height;
             self.normalized.resize(n, 0.0);
             self.prob.resize(n, 0.0);
-            if self.meta.distance_channel().is_some() {
-                self.distance.resize(n, 0.0);
+            if self.meta.core_channel().is_some() {
+                self.core.resize(n, 0.0);
             }
             self.mask.resize(n, 0);
             self.tile_ms.resize(grid.len(), 0.0);
@@ -225,7 +225,7 @@ impl<B: TileBackend> Segmenter<B> {
             .apply(frame, &mut self.normalized, &mut self.scratch);
         self.run_tiles()?;
         if self.meta.output == OutputKind::Logits {
-            for p in self.prob.iter_mut().chain(self.distance.iter_mut()) {
+            for p in self.prob.iter_mut().chain(self.core.iter_mut()) {
                 *p = 1.0 / (1.0 + (-*p).exp());
             }
         }
@@ -245,10 +245,10 @@ impl<B: TileBackend> Segmenter<B> {
         let out = SharedOut {
             prob: self.prob.as_mut_ptr(),
             tile_ms: self.tile_ms.as_mut_ptr(),
-            distance: self
+            core: self
                 .meta
-                .distance_channel()
-                .map(|c| (self.distance.as_mut_ptr(), c)),
+                .core_channel()
+                .map(|c| (self.core.as_mut_ptr(), c)),
         };
         let normalized = &self.normalized;
         if threads == 1 {
@@ -296,9 +296,9 @@ impl<B: TileBackend> Segmenter<B> {
         &self.prob
     }
 
-    /// The stitched `distance` channel of the last frame, when the model has one.
-    pub fn distance(&self) -> Option<&[f32]> {
-        (!self.distance.is_empty()).then_some(&self.distance[..])
+    /// The stitched `core` channel of the last frame, when the model has one.
+    pub fn core(&self) -> Option<&[f32]> {
+        (!self.core.is_empty()).then_some(&self.core[..])
     }
 
     /// The binary mask (0/1) of the last frame.
@@ -359,8 +359,8 @@ fn run_range<B: TileBackend>(
                 });
             };
             copy(out.prob, 0);
-            if let Some((dist, c)) = out.distance {
-                copy(dist, c);
+            if let Some((core, c)) = out.core {
+                copy(core, c);
             }
             // SAFETY: one timing slot per tile, written by the tile's only worker.
             unsafe { *out.tile_ms.add(k + j) = ms };

@@ -16,7 +16,7 @@ pub struct UNetSpec {
     pub base: usize,
     /// Number of 2x down-sampling steps (4 in the seed).
     pub depth: usize,
-    /// Output channels: 1 (foreground, the seed) or 2 (foreground, distance).
+    /// Output channels: 1 (foreground, the seed) or 2 (foreground, core).
     pub outputs: usize,
 }
 
@@ -442,7 +442,7 @@ mod tests {
         let meta = crate::model::Model::from_bytes(&bytes, "test")
             .unwrap()
             .meta;
-        assert_eq!(meta.channels, ["foreground", "distance"]);
+        assert_eq!(meta.channels, ["foreground", "core"]);
         let max = got
             .iter()
             .zip(&want)

@@ -115,7 +115,7 @@ fn segment_one(
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-    let count = inst.run(seg.mask(), seg.distance(), &img.data, w, h, icfg);
+    let count = inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
     let name = stem(path);
     let prob: Vec<u8> = seg
         .prob()

@@ -186,8 +186,8 @@ pub struct Example {
     pub x: Vec<f32>,
     /// Foreground target (0/1).
     pub y: Vec<f32>,
-    /// Distance-channel target (see `unet_edge::instances::normalized_distance`).
-    pub d: Vec<f32>,
+    /// Core-channel target (see `unet_edge::instances::core_target`).
+    pub c: Vec<f32>,
     /// Loss weight.
     pub w: Vec<f32>,
 }
@@ -282,11 +282,11 @@ pub fn make_example(
         Some((w0, sigma)) => border_weights(&labels, t, t, w0, sigma),
         None => vec![1.0; t * t],
     };
-    let d = unet_edge::instances::normalized_distance(&labels, t, t);
+    let c = unet_edge::instances::core_target(&labels, t, t);
     Example {
         x: img,
         y,
-        d,
+        c,
         w: wts,
     }
 }
@@ -473,6 +473,12 @@ mod tests {
                 .filter(|(y, l)| (**y > 0.5) == (**l > 0))
                 .count();
         assert_eq!(same, 128 * 128);
+        // The core target is the runtime's definition on the same labels, inside the foreground.
+        assert_eq!(e.c, unet_edge::instances::core_target(&s.labels, 128, 128));
+        assert!(e.c.iter().zip(&e.y).all(|(c, y)| *c <= *y));
+        let core: f32 = e.c.iter().sum();
+        let fg: f32 = e.y.iter().sum();
+        assert!(core > 0.1 * fg && core < 0.6 * fg, "core {core} of {fg}");
     }
 
     #[test]

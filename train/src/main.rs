@@ -65,15 +65,15 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 2018)]
         seed: u64,
-        /// Output channels: 2 adds the normalized-distance channel that separates touching
-        /// nuclei; 1 is the seed's foreground-only net.
+        /// Output channels: 2 adds the core channel (inner half of each nucleus) that separates
+        /// touching nuclei; 1 is the seed's foreground-only net.
         #[arg(long, default_value_t = 2)]
         outputs: usize,
-        /// Weight of the distance channel's BCE in the loss.
+        /// Weight of the core channel's loss (BCE + soft Dice).
         #[arg(long, default_value_t = 1.0)]
-        distance_weight: f32,
+        core_weight: f32,
         /// Start from the best weights of another run (same base/depth; the head grows to
-        /// --outputs), e.g. to fine-tune a foreground net for the distance channel.
+        /// --outputs), e.g. to fine-tune a foreground net for the core channel.
         #[arg(long, value_name = "RUN", conflicts_with = "resume")]
         init_from: Option<PathBuf>,
         /// Continue the run in --run from its last checkpoint (same options required).
@@ -149,7 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             val_images,
             seed,
             outputs,
-            distance_weight,
+            core_weight,
             init_from,
             resume,
         } => {
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
                 val_images,
                 seed,
                 outputs,
-                distance_weight,
+                core_weight,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -41,7 +41,7 @@ impl UNet {
 
     /// This network with its 1x1 head grown to `outputs` channels: the existing channels keep
     /// their weights, new ones start from a fresh initialisation. Fine-tuning a trained
-    /// foreground net for the distance channel starts from everything it already knows.
+    /// foreground net for the core channel starts from everything it already knows.
     pub fn with_outputs(mut self, outputs: usize, device: &Device) -> Result<UNet> {
         if outputs < self.outputs {
             anyhow::bail!(

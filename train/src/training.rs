@@ -47,12 +47,12 @@ pub struct TrainConfig {
     pub val_images: usize,
     /// Random seed.
     pub seed: u64,
-    /// Output channels: 1 (foreground) or 2 (foreground, distance).
+    /// Output channels: 1 (foreground) or 2 (foreground, core).
     #[serde(default = "one")]
     pub outputs: usize,
-    /// Weight of the distance channel's loss.
+    /// Weight of the core channel's loss.
     #[serde(default)]
-    pub distance_weight: f32,
+    pub core_weight: f32,
 }
 
 fn one() -> usize {
@@ -70,8 +70,8 @@ pub struct TrainState {
     pub best_iou: f32,
     /// Step of the best checkpoint.
     pub best_step: usize,
-    /// Selection score of the best checkpoint: Dice, minus half the distance channel's mean
-    /// error inside nuclei when the net has that channel (so separation counts too).
+    /// Selection score of the best checkpoint: the mean of the foreground Dice and the core
+    /// channel's Dice when the net has that channel (so separation counts too).
     #[serde(default)]
     pub best_score: f32,
     /// Seconds spent training (over all resumes).
@@ -87,14 +87,17 @@ pub struct ValScore {
     pub dice: f32,
     /// Pixel IoU over the validation set.
     pub iou: f32,
-    /// Mean |predicted - true| of the distance channel inside nuclei (nets with that channel).
-    pub dist_err: Option<f32>,
+    /// Pixel Dice of the core channel (nets with that channel).
+    pub core_dice: Option<f32>,
 }
 
 impl ValScore {
     /// What checkpoint selection maximises.
     pub fn score(&self) -> f32 {
-        self.dice - 0.5 * self.dist_err.unwrap_or(0.0)
+        match self.core_dice {
+            Some(c) => 0.5 * (self.dice + c),
+            None => self.dice,
+        }
     }
 }
 
@@ -117,12 +120,20 @@ fn bce(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
     z.clone().clamp_min(0.0) - z.clone() * y + (z.abs().neg().exp() + 1.0).log()
 }
 
-/// Foreground: BCE weighted per pixel plus soft Dice. Distance channel (when the net has one):
-/// BCE against the normalized-distance target, times `distance_weight`.
+/// Soft Dice loss (1 - Dice) of logits against 0/1 targets.
+fn dice_loss(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
+    let p = sigmoid(z);
+    let inter = (p.clone() * y.clone()).sum();
+    let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
+    dice.neg() + 1.0
+}
+
+/// Foreground: BCE weighted per pixel plus soft Dice. Core channel (when the net has one): plain
+/// BCE plus soft Dice against the core target, times `core_weight`.
 fn loss(
     logits: Tensor<4>,
     y: Tensor<4>,
-    d: Tensor<4>,
+    c: Tensor<4>,
     w: Tensor<4>,
     cfg: &TrainConfig,
 ) -> Tensor<1> {
@@ -130,18 +141,17 @@ fn loss(
     let wsum = w.clone().sum();
     let mut l = (bce(z.clone(), y.clone()) * w).sum() / wsum;
     if cfg.dice_weight > 0.0 {
-        let p = sigmoid(z);
-        let inter = (p.clone() * y.clone()).sum();
-        let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
-        l = l + (dice.neg() + 1.0) * cfg.dice_weight;
+        l = l + dice_loss(z, y) * cfg.dice_weight;
     }
     if cfg.outputs > 1 {
-        l = l + bce(logits.narrow(1, 1, 1), d).mean() * cfg.distance_weight;
+        let z1 = logits.narrow(1, 1, 1);
+        let core = bce(z1.clone(), c.clone()).mean() + dice_loss(z1, c) * cfg.dice_weight.max(0.5);
+        l = l + core * cfg.core_weight;
     }
     l
 }
 
-/// Input, foreground target, distance target and loss weight of a batch.
+/// Input, foreground target, core target and loss weight of a batch.
 fn batch(
     examples: &[Example],
     t: usize,
@@ -158,7 +168,7 @@ fn batch(
     (
         cat(&|e| &e.x),
         cat(&|e| &e.y),
-        cat(&|e| &e.d),
+        cat(&|e| &e.c),
         cat(&|e| &e.w),
     )
 }
@@ -215,23 +225,23 @@ impl Overlap {
 pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Result<ValScore> {
     let model = model.valid();
     let mut overlap = Overlap::default();
-    let (mut err, mut n_in) = (0.0f64, 0usize);
+    let mut core = Overlap::default();
     let outputs = model.spec().outputs;
     for chunk in val.chunks(8) {
         let (x, _, _, _) = batch(chunk, t, device);
         let out = model.forward(x);
         if outputs > 1 {
-            let d = sigmoid(out.clone().narrow(1, 1, 1))
+            let all = out
+                .clone()
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let truth = chunk.iter().flat_map(|e| e.d.iter().zip(&e.y));
-            for (p, (td, y)) in d.iter().zip(truth) {
-                if *y > 0.5 {
-                    err += (p - td).abs() as f64;
-                    n_in += 1;
-                }
-            }
+            let tt = t * t;
+            let z1: Vec<f32> = all
+                .chunks(outputs * tt)
+                .flat_map(|c| c[tt..2 * tt].iter().copied())
+                .collect();
+            core.add(&z1, chunk.iter().flat_map(|e| e.c.iter()));
         }
         let logits = foreground(out)?;
         overlap.add(&logits, chunk.iter().flat_map(|e| e.y.iter()));
@@ -240,7 +250,7 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
     Ok(ValScore {
         dice: dice as f32,
         iou: iou as f32,
-        dist_err: (outputs > 1).then(|| (err / n_in.max(1) as f64) as f32),
+        core_dice: (outputs > 1).then(|| core.dice() as f32),
     })
 }
 
@@ -341,7 +351,7 @@ pub fn train(
     let device = Device::flex().autodiff();
     if !(1..=2).contains(&cfg.outputs) {
         bail!(
-            "--outputs {}: expected 1 (foreground) or 2 (foreground, distance)",
+            "--outputs {}: expected 1 (foreground) or 2 (foreground, core)",
             cfg.outputs
         );
     }
@@ -436,9 +446,9 @@ pub fn train(
                 make_example(&data.get(pick), &aug, &mut rng, border)
             })
             .collect();
-        let (x, y, d, w) = batch(&examples, cfg.tile, &device);
+        let (x, y, c, w) = batch(&examples, cfg.tile, &device);
         let logits = model.forward(x);
-        let l = loss(logits.clone(), y, d, w, &cfg);
+        let l = loss(logits.clone(), y, c, w, &cfg);
         let loss_v = l.clone().into_scalar::<f32>();
         if !loss_v.is_finite() {
             bail!("loss became {loss_v} at step {step}; lower --lr");
@@ -485,8 +495,8 @@ pub fn train(
                 state.step,
                 v.dice,
                 v.iou,
-                v.dist_err
-                    .map(|e| format!("  val distance err {e:.4}"))
+                v.core_dice
+                    .map(|c| format!("  val core dice {c:.4}"))
                     .unwrap_or_default(),
                 t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64
             );
@@ -603,7 +613,7 @@ mod tests {
             val_images: 4,
             seed: 1,
             outputs: 2,
-            distance_weight: 1.0,
+            core_weight: 1.0,
         }
     }
 
@@ -674,7 +684,7 @@ mod tests {
         let out = r.run().unwrap();
         assert_eq!(out.len(), 2 * 32 * 32);
         assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
-        assert_eq!(m.meta.channels, ["foreground", "distance"]);
+        assert_eq!(m.meta.channels, ["foreground", "core"]);
         let out2 = dir.path().join("again.onnx");
         export_run(dir.path(), &out2, false).unwrap();
         export_run(dir.path(), &out2, true).unwrap();
@@ -701,7 +711,7 @@ mod tests {
             fa, fb,
             "the foreground channel is unchanged by growing the head"
         );
-        // Training from it with the distance channel runs and exports two channels.
+        // Training from it with the core channel runs and exports two channels.
         train(tiny(2), &two, false, Some(&one)).unwrap();
         let m = Model::from_path(&RunDir(two).best_onnx()).unwrap();
         assert_eq!(m.meta.channels.len(), 2);

@@ -343,3 +343,22 @@ fn binary_crops_scales_and_serves_the_preview_while_running() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn list_cameras_reports_the_devices_or_their_absence() {
+    let o = util::run(&["--list-cameras"]);
+    let has_nodes = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+        })
+        .unwrap_or(false);
+    if has_nodes {
+        assert_eq!(o.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/video"));
+    } else {
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("no V4L2 devices"), "{err}");
+    }
+}

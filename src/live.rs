@@ -97,7 +97,6 @@ fn capture<S: FrameSource>(
         match result {
             Ok(Next::Frame) => {
                 backoff = Duration::from_millis(100);
-                back.captured = Some(Instant::now());
                 let mut s = slot.0.lock().expect("slot lock");
                 while !live && s.fresh && !stop.load(Ordering::Relaxed) {
                     s = slot
@@ -106,10 +105,9 @@ fn capture<S: FrameSource>(
                         .expect("slot lock")
                         .0;
                 }
-                if !live {
-                    // A recording's latency starts when the loop can take the frame.
-                    back.captured = Some(Instant::now());
-                }
+                // A live frame waits for nothing here; a recording's latency starts when the loop
+                // can take it.
+                back.captured = Some(Instant::now());
                 if s.fresh {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }

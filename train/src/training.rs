@@ -175,8 +175,13 @@ fn batch(
 
 /// The foreground channel of `[N,C,H,W]` logits as plain data.
 fn foreground(logits: Tensor<4>) -> Result<Vec<f32>> {
+    channel(logits, 0)
+}
+
+/// Channel `c` of `[N,C,H,W]` logits as plain data.
+fn channel(logits: Tensor<4>, c: usize) -> Result<Vec<f32>> {
     logits
-        .narrow(1, 0, 1)
+        .narrow(1, c, 1)
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))
@@ -231,16 +236,7 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
         let (x, _, _, _) = batch(chunk, t, device);
         let out = model.forward(x);
         if outputs > 1 {
-            let all = out
-                .clone()
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let tt = t * t;
-            let z1: Vec<f32> = all
-                .chunks(outputs * tt)
-                .flat_map(|c| c[tt..2 * tt].iter().copied())
-                .collect();
+            let z1 = channel(out.clone(), 1)?;
             core.add(&z1, chunk.iter().flat_map(|e| e.c.iter()));
         }
         let logits = foreground(out)?;

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod onnx_writer;
+pub mod plan_passes;
 pub mod preview;
 pub mod reframe;
 pub mod rng;

@@ -197,8 +197,7 @@ impl Model {
     /// The optimized, runnable plan for `[batch,1,tile,tile]` input.
     pub fn plan(&self, batch: usize, tile: usize) -> Result<TilePlan> {
         let typed = self.typed(batch, tile)?;
-        let optimized = typed
-            .into_optimized()
+        let optimized = crate::plan_passes::optimize(typed)
             .with_context(|| format!("optimizing model {}", self.source))?;
         let plan = optimized.into_runnable_with_options(&RunOptions::default())?;
         Ok(TilePlan {
@@ -338,6 +337,28 @@ impl TilePlan {
     }
 }
 
+impl TilePlan {
+    /// The plan's convolution and matmul kernels split by arithmetic: (integer, float) node names.
+    /// A quantized model whose float list is not empty runs some convolution in f32.
+    pub fn kernel_precision(&self) -> (Vec<String>, Vec<String>) {
+        let (mut int, mut float) = (vec![], vec![]);
+        for node in self.model().nodes() {
+            let op = node.op.name();
+            let is_kernel = (op.contains("MatMul") || op.contains("Conv")) && !op.ends_with("Pack");
+            if !is_kernel {
+                continue;
+            }
+            let dt = node.outputs[0].fact.datum_type;
+            if dt.is_float() {
+                float.push(node.name.clone());
+            } else {
+                int.push(node.name.clone());
+            }
+        }
+        (int, float)
+    }
+}
+
 /// Runs batches of tiles through one tract state, reusing its input tensor.
 pub struct TileRunner {
     state: TypedSimpleState,
@@ -363,6 +384,41 @@ impl TileRunner {
             .expect("input is a contiguous f32 tensor")
     }
 
+    /// Runs the model `runs` times on the input buffer, timing every node of the plan; returns
+    /// one entry per node that ran, in plan order, with its mean time per run.
+    pub fn profile(&mut self, runs: usize) -> Result<Vec<NodeTime>> {
+        use std::time::{Duration, Instant};
+        let mut spent: BTreeMap<usize, Duration> = BTreeMap::new();
+        for _ in 0..runs.max(1) {
+            self.output = None;
+            let input = TValue::from_const(self.input.clone());
+            self.state
+                .run_plan_with_eval(tvec!(input), |ctx, state, node, inputs| {
+                    let t = Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                    *spent.entry(node.id).or_default() += t.elapsed();
+                    r
+                })?;
+        }
+        let model = self.state.model();
+        Ok(spent
+            .into_iter()
+            .map(|(id, d)| {
+                let node = model.node(id);
+                NodeTime {
+                    name: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    datum_type: node
+                        .outputs
+                        .first()
+                        .map(|o| format!("{:?}", o.fact.datum_type))
+                        .unwrap_or_default(),
+                    ms: d.as_secs_f64() * 1e3 / runs.max(1) as f64,
+                }
+            })
+            .collect())
+    }
+
     /// Runs the model on the input buffer; the output is `[batch,channels,tile,tile]`.
     pub fn run(&mut self) -> Result<&[f32]> {
         self.output = None;
@@ -379,4 +435,17 @@ impl TileRunner {
             .to_slice()
             .ok_or_else(|| anyhow!("model output is not a contiguous f32 tensor"))
     }
+}
+
+/// Time one plan node took, averaged over the profiled runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTime {
+    /// Node name in the optimized plan.
+    pub name: String,
+    /// Operator name.
+    pub op: String,
+    /// Output datum type.
+    pub datum_type: String,
+    /// Mean milliseconds per run.
+    pub ms: f64,
 }

@@ -182,6 +182,32 @@ impl GraphBuilder {
         out
     }
 
+    /// Adds a node of `template`'s type and attributes on new inputs (e.g. a MaxPool copied from
+    /// another graph); returns its output's name.
+    pub fn node_like(&mut self, template: &pb::NodeProto, inputs: &[&str]) -> String {
+        let out = self.fresh(&template.op_type.to_lowercase());
+        self.graph.node.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: out.clone(),
+            op_type: template.op_type.clone(),
+            domain: template.domain.clone(),
+            attribute: template.attribute.clone(),
+            ..Default::default()
+        });
+        out
+    }
+
+    /// Copies an initializer from another graph under a fresh name derived from its own.
+    pub fn init_copy(&mut self, t: &pb::TensorProto) -> String {
+        let name = self.fresh(&t.name);
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.clone(),
+            ..t.clone()
+        });
+        name
+    }
+
     /// Conv with OIHW weights and an optional bias (both already initializers).
     pub fn conv(&mut self, x: &str, w: &str, b: Option<&str>, spec: ConvSpec) -> String {
         let k = spec.kernel as i64;
@@ -299,6 +325,43 @@ pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
 /// Decodes ONNX bytes into a model proto.
 pub fn decode(bytes: &[u8]) -> Result<pb::ModelProto> {
     pb::ModelProto::decode(bytes).context("not an ONNX model (protobuf decoding failed)")
+}
+
+/// Reads a float32 initializer: its dims and values (raw little-endian or `float_data`).
+pub fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
+    if t.data_type != ElemType::F32.code() {
+        bail!(
+            "initializer {:?} has ONNX data type {}; expected float32 (1)",
+            t.name,
+            t.data_type
+        );
+    }
+    if t.dims.iter().any(|&d| d < 0) {
+        bail!(
+            "initializer {:?} has a negative dimension {:?}",
+            t.name,
+            t.dims
+        );
+    }
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let n: usize = dims.iter().product();
+    let data: Vec<f32> = if !t.raw_data.is_empty() {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        t.float_data.clone()
+    };
+    if data.len() != n {
+        bail!(
+            "initializer {:?}: dims {:?} need {n} values but it holds {} (external data is not supported)",
+            t.name,
+            dims,
+            data.len()
+        );
+    }
+    Ok((dims, data))
 }
 
 fn check_len(stem: &str, shape: &[usize], len: usize) -> Result<()> {

@@ -18,6 +18,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// After the timing, profile the plan per operator (one thread, --tiles runs) and print
+    /// where the time goes: by operator type, then the slowest nodes.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -119,5 +123,58 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         );
         println!("throughput {tps:.1} tiles/s");
     }
+    if a.profile {
+        print_profile(&plan, runs_per_thread.max(5))?;
+    }
     Ok(0)
+}
+
+/// Per-operator profile of one runner: totals by (operator, output type), then the slowest nodes.
+fn print_profile(plan: &unet_edge::model::TilePlan, runs: usize) -> Result<()> {
+    let mut r = plan.runner()?;
+    let mut rng = Rng::new(7);
+    for v in r.input_mut() {
+        *v = rng.uniform();
+    }
+    r.run()?;
+    let nodes = r.profile(runs)?;
+    let total: f64 = nodes.iter().map(|n| n.ms).sum();
+    let mut by_op: std::collections::BTreeMap<(String, String), (f64, usize)> = Default::default();
+    for n in &nodes {
+        let e = by_op
+            .entry((n.op.clone(), n.datum_type.clone()))
+            .or_default();
+        e.0 += n.ms;
+        e.1 += 1;
+    }
+    let mut by_op: Vec<_> = by_op.into_iter().collect();
+    by_op.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    println!(
+        "profile over {runs} runs: {total:.2} ms per run in operators (batch {})",
+        plan.batch
+    );
+    println!(
+        "  {:>8} {:>6} {:>5}  operator (output type)",
+        "ms/run", "share", "nodes"
+    );
+    for ((op, dt), (ms, n)) in &by_op {
+        println!(
+            "  {ms:8.3} {:5.1}% {n:5}  {op} ({dt})",
+            100.0 * ms / total.max(1e-12)
+        );
+    }
+    let mut slow = nodes.clone();
+    slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    println!("  slowest nodes:");
+    for n in slow.iter().take(12) {
+        println!(
+            "  {:8.3} {:5.1}%  {} [{} {}]",
+            n.ms,
+            100.0 * n.ms / total.max(1e-12),
+            n.name,
+            n.op,
+            n.datum_type
+        );
+    }
+    Ok(())
 }

@@ -36,6 +36,17 @@ pub fn run(a: InfoArgs) -> Result<i32> {
     for (k, v) in &model.meta.props {
         println!("  {k} = {v}");
     }
+    let (int, float) = plan.kernel_precision();
+    println!(
+        "kernels:     {} convolution/matmul nodes on integer kernels, {} in float{}",
+        int.len(),
+        float.len(),
+        if !int.is_empty() && !float.is_empty() {
+            format!(" ({})", float.join(", "))
+        } else {
+            String::new()
+        }
+    );
     println!("optimized plan operators (count, op, output type):");
     for (op, dt, n) in plan.op_census() {
         println!("  {n:4}  {op:<28} {dt}");

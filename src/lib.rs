@@ -8,8 +8,10 @@
 pub mod camera;
 pub mod contract;
 pub mod gpio;
+pub mod im2col_i8;
 pub mod imageio;
 pub mod instances;
+pub mod int8_ops;
 pub mod live;
 pub mod metrics;
 pub mod model;

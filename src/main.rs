@@ -58,6 +58,14 @@ enum Command {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so `unet-edge info | head` panicked on the closed pipe; restore the
+    // default (exit quietly) like other Unix filters. The preview server's sockets are
+    // unaffected: std sends with MSG_NOSIGNAL.
+    #[cfg(target_os = "linux")]
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Segment(a)) => commands::segment::run(a),

@@ -16,10 +16,12 @@
 //! replaces the chain by the project's own [`Requantize`] operator: one pass, same arithmetic
 //! (round half to even, then clamp), bit-identical results.
 
+use crate::int8_ops::{Requantize, UpsampleI8};
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::nn::NearestUpsample;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
 /// Rewrites `Sub(x, Mul(y, zeros))` and `Sub(x, Mul(zeros, y))` into `x`.
@@ -66,87 +68,6 @@ impl TypedPass for ZeroTermElision {
             return Ok(Some(patch));
         }
         Ok(None)
-    }
-}
-
-/// Per-channel requantization of an i32 accumulator to i8: `clamp(round_even(x·s[c]) + zp)`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Requantize {
-    /// One factor per channel along `axis` (or one for all).
-    pub scales: Arc<Tensor>,
-    /// Channel axis of the input.
-    pub axis: usize,
-    /// Added after scaling.
-    pub zero_point: i32,
-    /// Lower clamp (inclusive).
-    pub min: i32,
-    /// Upper clamp (inclusive).
-    pub max: i32,
-}
-
-impl Requantize {
-    fn run(&self, x: &[i32], y: &mut [i8], channels: usize, inner: usize) -> TractResult<()> {
-        let scales = self.scales.try_as_plain_ram()?.as_slice::<f32>()?;
-        // Values beyond this clamp whatever the rounding, and below it the magic-number
-        // rounding is exact (|v| < 2^22), so the fast path equals round-half-even exactly.
-        const LIMIT: f32 = 1024.0;
-        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-                                         // Integers up to 2^24 are exact in f32, so the zero point and the clamp are applied in
-                                         // f32 too: SSE2 (the x86-64 baseline) has packed f32 min/max but no packed i32 ones.
-        let (zp, lo, hi) = (self.zero_point as f32, self.min as f32, self.max as f32);
-        for (block, (xs, ys)) in x.chunks(inner).zip(y.chunks_mut(inner)).enumerate() {
-            let s = scales[if scales.len() == 1 {
-                0
-            } else {
-                block % channels
-            }];
-            // Branch-free so it vectorizes.
-            for (o, &v) in ys.iter_mut().zip(xs) {
-                let f = v as f32;
-                let a = (f.abs() * s).min(LIMIT);
-                let q = (((a + MAGIC) - MAGIC).copysign(f) + zp).max(lo).min(hi);
-                // SAFETY: q is finite and within [lo, hi] ⊂ i8's range.
-                *o = unsafe { q.to_int_unchecked::<i32>() } as i8;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Op for Requantize {
-    fn name(&self) -> StaticName {
-        "Requantize".into()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for Requantize {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let shape = x.shape();
-        let channels = shape[self.axis];
-        let inner: usize = shape[self.axis + 1..].iter().product();
-        let xs = x.try_as_plain_ram()?.as_slice::<i32>()?;
-        let mut y = unsafe { Tensor::uninitialized::<i8>(shape)? };
-        self.run(
-            xs,
-            y.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?,
-            channels,
-            inner.max(1),
-        )?;
-        Ok(tvec!(y.into_tvalue()))
-    }
-}
-
-impl TypedOp for Requantize {
-    as_op!();
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs[0].datum_type == i32::datum_type());
-        Ok(tvec!(i8::fact(inputs[0].shape.clone())))
     }
 }
 
@@ -273,12 +194,81 @@ impl TypedPass for RequantFusion {
     }
 }
 
+/// Replaces tract's `Im2col` of int8 convolutions by [`crate::im2col_i8::Im2colI8`].
+#[derive(Clone, Debug, Default)]
+pub struct Im2colSwap;
+
+impl TypedPass for Im2colSwap {
+    fn reset(&mut self) -> TractResult<()> {
+        Ok(())
+    }
+
+    fn next(
+        &mut self,
+        _session: &mut OptimizerSession,
+        model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        for node in model.nodes() {
+            if let Some(op) = crate::im2col_i8::replacement(model, node)? {
+                let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
+                return Ok(Some(patch));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Replaces tract's `NearestUpsample` of int8 NCHW tensors (integer factors on H and W only)
+/// by [`UpsampleI8`].
+#[derive(Clone, Debug, Default)]
+pub struct UpsampleSwap;
+
+impl TypedPass for UpsampleSwap {
+    fn reset(&mut self) -> TractResult<()> {
+        Ok(())
+    }
+
+    fn next(
+        &mut self,
+        _session: &mut OptimizerSession,
+        model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        for node in model.nodes() {
+            let Some(up) = node.op_as::<NearestUpsample>() else {
+                continue;
+            };
+            let fact = model.outlet_fact(node.inputs[0])?;
+            if fact.datum_type.unquantized() != i8::datum_type()
+                || fact.rank() != 4
+                || up.scales.len() != 4
+                || up.scales[0] != 1
+                || up.scales[1] != 1
+            {
+                continue;
+            }
+            let op = UpsampleI8 {
+                sy: up.scales[2],
+                sx: up.scales[3],
+            };
+            return Ok(Some(TypedModelPatch::replace_single_op(
+                model,
+                node,
+                &node.inputs,
+                op,
+            )?));
+        }
+        Ok(None)
+    }
+}
+
 /// tract's codegen optimizer with the runtime's passes inserted after codegen, before fusion.
 pub fn optimizer() -> Optimizer {
     let mut opt = Optimizer::codegen();
     // codegen's passes: [prop-const, merge-axes, codegen, declutter, push-split-down, fuse].
     opt.add_pass(3, Box::new(ZeroTermElision));
     opt.add_pass(4, Box::new(RequantFusion));
+    opt.add_pass(5, Box::new(Im2colSwap));
+    opt.add_pass(6, Box::new(UpsampleSwap));
     opt
 }
 
@@ -378,23 +368,5 @@ mod tests {
                 "degenerate test: all outputs clamp to zero"
             );
         }
-    }
-
-    #[test]
-    fn requantize_rounds_half_to_even_and_clamps() {
-        let op = Requantize {
-            scales: tensor1(&[0.5f32, 1.0]).into_arc_tensor(),
-            axis: 1,
-            zero_point: -128,
-            min: -128,
-            max: 127,
-        };
-        let x = [1, 3, -1, 5, 400, 255, 256, -7, i32::MIN, i32::MAX];
-        let mut y = [0i8; 10];
-        // Two channels of five; channel 0 scales by 0.5, channel 1 by 1.
-        op.run(&x, &mut y, 2, 5).unwrap();
-        // 0.5 → 0, 1.5 → 2, -0.5 → -0, 2.5 → 2, 200 → clamps; then + zp.
-        assert_eq!(y[..5], [-128, -126, -128, -126, 72]);
-        assert_eq!(y[5..], [127, 127, -128, -128, 127]);
     }
 }

@@ -116,6 +116,38 @@ fn info_lists_shapes_cost_and_operators() {
         out.contains("F32"),
         "operators with their datum type: {out}"
     );
+    assert!(
+        out.contains("kernels:     0 convolution/matmul nodes on integer kernels, 11 in float"),
+        "{out}"
+    );
+}
+
+/// Regression: `unet-edge info | head -1` panicked ("failed printing to stdout") when the
+/// reader closed the pipe; now the process ends quietly like other Unix filters.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let mut child = Command::new(util::bin())
+        .args(["info", "--model", &model, "--tile", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the report is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?}",
+        out.status
+    );
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! The project's im2col for int8 convolutions, a drop-in for tract's `Im2col` node.
 //!
-//! tract packs the patches of a quantized convolution element by element through a generic
-//! writer; on the seed U-Net that took 27 ms of a 44 ms int8 tile while the integer matmul
-//! itself took 7.5 ms. This op writes the same packed matrix (tract's `PackedI8K4` layout for
-//! the x86 VNNI kernels, or the K-major `PackedFormat` the ARM kernels read) a panel at a time:
-//! for NCHW input with stride 1, the `r` columns of a panel are `r` neighbouring pixels of one
-//! output row, so each patch row is one contiguous load from the input (borders excepted), and
-//! four of them interleave into the K=4-inner layout with two rounds of byte/word unpacking.
+//! tract packs the patch matrix of a quantized convolution element by element through a
+//! generic writer; on the seed U-Net that took 27 ms of a 44 ms int8 tile while the integer
+//! matmul itself took 7.5 ms. This op packs the same matrix a panel at a time, in the layout the
+//! kernel reads (tract's `PackedI8K4` for the x86 VNNI kernels, or the K-major `PackedFormat`
+//! the ARM kernels read). For NCHW input with stride 1 the `r` columns of a panel
+//! are `r` neighbouring pixels of one output row, so each patch row is one contiguous 8-byte load
+//! (borders excepted), and four of them interleave into the K=4-inner layout with two rounds of
+//! byte/word unpacking.
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
@@ -54,7 +55,7 @@ impl Layout {
 /// Patches of a stride-1, dilation-1, single-group NCHW int8 convolution, packed for tract's
 /// integer matmul.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Im2colI8 {
+pub struct Patches {
     /// Input channels.
     pub channels: usize,
     /// Input (= output) height and width before padding.
@@ -73,9 +74,55 @@ pub struct Im2colI8 {
     pub fact: PackedExoticFact,
     /// Value of padded pixels (the input's zero point).
     pub pad_value: i8,
+    /// Where each row of the patch matrix reads (`None` for K's zero padding rows), by row.
+    taps: Vec<Option<Tap>>,
+    /// For interior K4 panels: each block of four rows as offsets from the output pixel.
+    offsets: Vec<Option<[isize; 4]>>,
 }
 
-impl Im2colI8 {
+impl Patches {
+    /// The packer for one convolution geometry.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        channels: usize,
+        (height, width): (usize, usize),
+        kernel: (usize, usize),
+        pad_before: (usize, usize),
+        pad_after: (usize, usize),
+        layout: Layout,
+        fact: PackedExoticFact,
+        pad_value: i8,
+    ) -> Patches {
+        let mut op = Patches {
+            channels,
+            height,
+            width,
+            kernel,
+            pad_before,
+            pad_after,
+            layout,
+            fact,
+            pad_value,
+            taps: vec![],
+            offsets: vec![],
+        };
+        let rows = op.k().div_ceil(4) * 4;
+        op.taps = (0..rows).map(|kk| op.tap(kk)).collect();
+        op.offsets = op
+            .taps
+            .chunks(4)
+            .map(|t4| {
+                let mut o = [0isize; 4];
+                for (o, t) in o.iter_mut().zip(t4) {
+                    let t = (*t)?;
+                    *o = t.plane as isize + t.dy * width as isize + t.dx;
+                }
+                Some(o)
+            })
+            .collect();
+        op
+    }
+
     fn out_hw(&self) -> (usize, usize) {
         (
             self.height + self.pad_before.0 + self.pad_after.0 + 1 - self.kernel.0,
@@ -149,140 +196,59 @@ impl Im2colI8 {
         })
     }
 
-    /// Packs one image's patches into `out` (`panels × panel_len` bytes).
+    /// Packs one image's patches into `out` (`panels × panel_len` bytes), all panels at once.
     pub fn pack(&self, x: &[i8], out: &mut [i8]) {
-        let (oh, ow) = self.out_hw();
+        let panel_len = self.layout.panel_len(self.k());
+        for (p, panel) in out.chunks_mut(panel_len).enumerate() {
+            self.pack_panel(x, p, panel);
+        }
+    }
+
+    /// Packs panel `p` (output pixels `p·r .. p·r + r`) into `out` (`panel_len` bytes).
+    pub fn pack_panel(&self, x: &[i8], p: usize, out: &mut [i8]) {
+        let (_, ow) = self.out_hw();
         let r = self.layout.r();
         let k = self.k();
-        let panel_len = self.layout.panel_len(k);
-        let panels = (oh * ow).div_ceil(r);
+        let (oy, ox) = ((p * r) / ow, (p * r) % ow);
         let mut rows = [[0i8; 64]; 4];
-        // Panels outermost so the output is written sequentially; the input rows one panel
-        // reads (kernel-height rows of every channel) stay in cache between panels.
         match self.layout {
             Layout::K4 { .. } => {
-                let taps: Vec<[Option<Tap>; 4]> = (0..k.div_ceil(4))
-                    .map(|kb| [0, 1, 2, 3].map(|j| self.tap(kb * 4 + j)))
-                    .collect();
-                // Offsets of each tap from the output pixel, for panels whose every tap lies
-                // inside the input (`None` for a block holding K's zero padding rows).
-                let offsets: Vec<Option<[isize; 4]>> = taps
-                    .iter()
-                    .map(|t4| {
-                        let mut o = [0isize; 4];
-                        for (o, t) in o.iter_mut().zip(t4) {
-                            let t = (*t)?;
-                            *o = t.plane as isize + t.dy * self.width as isize + t.dx;
-                        }
-                        Some(o)
-                    })
-                    .collect();
                 let (kh, kw) = self.kernel;
                 let (pt, pl) = self.pad_before;
-                let y_ok = |oy: usize| oy >= pt && oy + kh - pt <= self.height;
-                let x_ok = |ox: usize| ox >= pl && ox + r + kw - 1 - pl <= self.width;
-                let (mut oy, mut ox) = (0, 0);
-                for panel in out.chunks_mut(panel_len).take(panels) {
-                    if r == 8 && ox + r <= ow && y_ok(oy) && x_ok(ox) {
-                        let base = (oy * self.width + ox) as isize;
-                        for (kb, o4) in offsets.iter().enumerate() {
-                            let block = &mut panel[kb * 32..kb * 32 + 32];
-                            match o4 {
-                                Some(o4) => {
-                                    // SAFETY: the panel's pixels and every tap's shift stay
-                                    // inside the image (y_ok, x_ok), so each 8-byte read lies
-                                    // inside the tap's channel plane of `x`.
-                                    let words = o4.map(|o| unsafe {
-                                        std::ptr::read_unaligned(
-                                            x.as_ptr().offset(base + o) as *const u64
-                                        )
-                                    });
-                                    interleave_words(&words, block);
-                                }
-                                None => {
-                                    for (row, tap) in rows.iter_mut().zip(&taps[kb]) {
-                                        self.patch_row(x, *tap, oy, ox, &mut row[..r]);
-                                    }
-                                    interleave4(&rows, r, block);
-                                }
-                            }
-                        }
-                        ox += r;
-                        while ox >= ow {
-                            ox -= ow;
-                            oy += 1;
-                        }
-                        continue;
-                    }
-                    for (kb, t4) in taps.iter().enumerate() {
-                        let block = &mut panel[kb * 4 * r..(kb + 1) * 4 * r];
-                        if r == 8 && self.interior8(x, t4, oy, ox, block) {
+                let interior = r == 8
+                    && ox + r <= ow
+                    && oy >= pt
+                    && oy + kh - pt <= self.height
+                    && ox >= pl
+                    && ox + r + kw - 1 - pl <= self.width;
+                for (kb, block) in out.chunks_mut(4 * r).enumerate() {
+                    if interior {
+                        if let Some(o4) = self.offsets[kb] {
+                            let base = (oy * self.width + ox) as isize;
+                            // SAFETY: the panel's pixels shifted by any tap stay inside the
+                            // image (`interior`), so each 8-byte read lies inside that tap's
+                            // channel plane of `x`.
+                            let words = o4.map(|o| unsafe {
+                                std::ptr::read_unaligned(x.as_ptr().offset(base + o) as *const u64)
+                            });
+                            interleave_words(&words, block);
                             continue;
                         }
-                        for (row, tap) in rows.iter_mut().zip(t4) {
-                            self.patch_row(x, *tap, oy, ox, &mut row[..r]);
-                        }
-                        interleave4(&rows, r, block);
                     }
-                    ox += r;
-                    while ox >= ow {
-                        ox -= ow;
-                        oy += 1;
+                    for (row, tap) in rows.iter_mut().zip(&self.taps[kb * 4..kb * 4 + 4]) {
+                        self.patch_row(x, *tap, oy, ox, &mut row[..r]);
                     }
+                    interleave4(&rows, r, block);
                 }
             }
             Layout::KMajor { .. } => {
-                for kk in 0..k {
-                    let tap = self.tap(kk);
-                    let (mut oy, mut ox) = (0, 0);
-                    for p in 0..panels {
-                        let at = p * panel_len + kk * r;
-                        self.patch_row(x, tap, oy, ox, &mut out[at..at + r]);
-                        ox += r;
-                        while ox >= ow {
-                            ox -= ow;
-                            oy += 1;
-                        }
-                    }
+                let (body, tail) = out.split_at_mut(k * r);
+                for (kk, row) in body.chunks_mut(r).enumerate() {
+                    self.patch_row(x, self.taps[kk], oy, ox, row);
                 }
-                for p in 0..panels {
-                    out[p * panel_len + k * r..(p + 1) * panel_len].fill(0);
-                }
+                tail.fill(0);
             }
         }
-    }
-}
-
-impl Im2colI8 {
-    /// The common case, without per-pixel checks: an 8-pixel panel whose four patch rows are
-    /// all inside the input. Returns false (writing nothing) otherwise.
-    #[inline(always)]
-    fn interior8(
-        &self,
-        x: &[i8],
-        taps: &[Option<Tap>; 4],
-        oy: usize,
-        ox: usize,
-        out: &mut [i8],
-    ) -> bool {
-        let (_, ow) = self.out_hw();
-        if ox + 8 > ow {
-            return false;
-        }
-        let mut words = [0u64; 4];
-        for (w, tap) in words.iter_mut().zip(taps) {
-            let Some(t) = tap else { return false };
-            let iy = oy as isize + t.dy;
-            let ix = ox as isize + t.dx;
-            if iy < 0 || ix < 0 || iy as usize >= self.height || ix as usize + 8 > self.width {
-                return false;
-            }
-            let at = t.plane + iy as usize * self.width + ix as usize;
-            let b: [i8; 8] = x[at..at + 8].try_into().expect("8 bytes");
-            *w = u64::from_le_bytes(b.map(|v| v as u8));
-        }
-        interleave_words(&words, out);
-        true
     }
 }
 
@@ -315,7 +281,7 @@ fn interleave_words(words: &[u64; 4], out: &mut [i8]) {
 }
 
 /// Where one row of the patch matrix reads from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Tap {
     /// Offset of the input channel's plane.
     plane: usize,
@@ -329,7 +295,7 @@ struct Tap {
 #[inline(always)]
 fn interleave4(rows: &[[i8; 64]; 4], r: usize, out: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
-    if r % 8 == 0 {
+    if r.is_multiple_of(8) {
         use std::arch::x86_64::*;
         for g in 0..r / 8 {
             // SAFETY: SSE2 is part of x86-64; each load reads 8 bytes inside a 64-byte row
@@ -355,6 +321,18 @@ fn interleave4(rows: &[[i8; 64]; 4], r: usize, out: &mut [i8]) {
     }
 }
 
+/// The operator tract's plan runs in place of its `Im2col`.
+///
+/// It materializes the packed patch matrix like tract's. (A lazy input packing each panel when
+/// the matmul asks for it was measured too: tract's matmul asks for the same activation panel
+/// once per weight panel, so the deep layers packed each panel up to 32 times and the int8 tile
+/// took 61 ms instead of 24.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Im2colI8 {
+    /// Geometry and packer.
+    pub patches: Arc<Patches>,
+}
+
 impl Op for Im2colI8 {
     fn name(&self) -> StaticName {
         "Im2colI8".into()
@@ -368,30 +346,31 @@ impl EvalOp for Im2colI8 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
+        let p = &self.patches;
         let batch = x.shape()[0];
         ensure!(x.datum_type().unquantized() == i8::datum_type());
         let plain = x.try_as_plain_ram()?;
         // SAFETY: the datum type is i8 (possibly carrying quantization parameters).
         let xs = unsafe { plain.as_slice_unchecked::<i8>() };
-        let per_image = self.channels * self.height * self.width;
+        let per_image = p.channels * p.height * p.width;
         ensure!(
             xs.len() == batch * per_image,
             "Im2colI8: input of unexpected size"
         );
-        let (oh, ow) = self.out_hw();
+        let (oh, ow) = p.out_hw();
         let n = oh * ow;
-        let panel_len = self.layout.panel_len(self.k());
+        let panel_len = p.layout.panel_len(p.k());
         let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(batch);
         for b in 0..batch {
-            let len = n.div_ceil(self.layout.r()) * panel_len;
+            let len = n.div_ceil(p.layout.r()) * panel_len;
             // SAFETY: `pack` writes every byte of the blob (padding lanes included).
-            let mut blob = unsafe { Blob::new_for_size_and_align(len, self.layout.align()) };
+            let mut blob = unsafe { Blob::new_for_size_and_align(len, p.layout.align()) };
             let out = unsafe {
                 std::slice::from_raw_parts_mut(blob.as_bytes_mut().as_mut_ptr() as *mut i8, len)
             };
-            self.pack(&xs[b * per_image..(b + 1) * per_image], out);
+            p.pack(&xs[b * per_image..(b + 1) * per_image], out);
             values.push(Box::new(EagerPackedInput {
-                fact: self.fact.clone(),
+                fact: p.fact.clone(),
                 packed: Arc::new(blob),
                 panel_bytes: panel_len,
                 mn: n,
@@ -410,7 +389,7 @@ impl TypedOp for Im2colI8 {
         Ok(tvec!(inputs[0]
             .datum_type
             .fact(&[batch, 1.to_dim()])
-            .with_exotic_fact(self.fact.clone())))
+            .with_exotic_fact(self.patches.fact.clone())))
     }
 }
 
@@ -472,22 +451,23 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<I
         },
         None => 0,
     };
-    let im = Im2colI8 {
-        channels: shape[1],
-        height: shape[2],
-        width: shape[3],
-        kernel: (ps.kernel_shape[0], ps.kernel_shape[1]),
-        pad_before: (before[0], before[1]),
-        pad_after: (after[0], after[1]),
+    let im = Patches::new(
+        shape[1],
+        (shape[2], shape[3]),
+        (ps.kernel_shape[0], ps.kernel_shape[1]),
+        (before[0], before[1]),
+        (after[0], after[1]),
         layout,
         fact,
         pad_value,
-    };
+    );
     let (oh, ow) = im.out_hw();
     if layout.r() > 64 || im.k() != im.fact.k || im.fact.mn != (oh * ow).to_dim() {
         return Ok(None);
     }
-    Ok(Some(im))
+    Ok(Some(Im2colI8 {
+        patches: Arc::new(im),
+    }))
 }
 
 #[cfg(test)]
@@ -496,7 +476,7 @@ mod tests {
     use crate::rng::Rng;
 
     /// The patch matrix element (kk, n), computed the obvious way.
-    fn reference(op: &Im2colI8, x: &[i8], kk: usize, n: usize) -> i8 {
+    fn reference(op: &Patches, x: &[i8], kk: usize, n: usize) -> i8 {
         let (_, ow) = op.out_hw();
         let (kh, kw) = op.kernel;
         let (ci, ky, kx) = (kk / (kh * kw), (kk / kw) % kh, kk % kw);
@@ -509,23 +489,23 @@ mod tests {
         }
     }
 
-    fn op(c: usize, h: usize, w: usize, kernel: usize, pad: usize, layout: Layout) -> Im2colI8 {
+    fn op(c: usize, h: usize, w: usize, kernel: usize, pad: usize, layout: Layout) -> Patches {
         let k = c * kernel * kernel;
-        Im2colI8 {
-            channels: c,
-            height: h,
-            width: w,
-            kernel: (kernel, kernel),
-            pad_before: (pad, pad),
-            pad_after: (pad, pad),
+        let fact = PackedExoticFact {
+            format: Box::new(PackedI8K4::new(layout.r())),
+            mn: (h * w).to_dim(),
+            k,
+        };
+        Patches::new(
+            c,
+            (h, w),
+            (kernel, kernel),
+            (pad, pad),
+            (pad, pad),
             layout,
-            fact: PackedExoticFact {
-                format: Box::new(PackedI8K4::new(layout.r())),
-                mn: (h * w).to_dim(),
-                k,
-            },
-            pad_value: -77,
-        }
+            fact,
+            -77,
+        )
     }
 
     #[test]

@@ -20,29 +20,71 @@ pub struct Requantize {
 impl Requantize {
     fn run(&self, x: &[i32], y: &mut [i8], channels: usize, inner: usize) -> TractResult<()> {
         let scales = self.scales.try_as_plain_ram()?.as_slice::<f32>()?;
-        // Values beyond this clamp whatever the rounding, and below it the magic-number
-        // rounding is exact (|v| < 2^22), so the fast path equals round-half-even exactly.
-        const LIMIT: f32 = 1024.0;
-        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-                                         // Integers up to 2^24 are exact in f32, so the zero point and the clamp are applied in
-                                         // f32 too: SSE2 (the x86-64 baseline) has packed f32 min/max but no packed i32 ones.
-        let (zp, lo, hi) = (self.zero_point as f32, self.min as f32, self.max as f32);
         for (block, (xs, ys)) in x.chunks(inner).zip(y.chunks_mut(inner)).enumerate() {
             let s = scales[if scales.len() == 1 {
                 0
             } else {
                 block % channels
             }];
-            // Branch-free so it vectorizes.
-            for (o, &v) in ys.iter_mut().zip(xs) {
-                let f = v as f32;
-                let a = (f.abs() * s).min(LIMIT);
-                let q = (((a + MAGIC) - MAGIC).copysign(f) + zp).max(lo).min(hi);
-                // SAFETY: q is finite and within [lo, hi] ⊂ i8's range.
-                *o = unsafe { q.to_int_unchecked::<i32>() } as i8;
+            let done = self.run_simd(xs, ys, s);
+            for (o, &v) in ys[done..].iter_mut().zip(&xs[done..]) {
+                *o = self.one(v, s);
             }
         }
         Ok(())
+    }
+
+    /// tract's arithmetic for one value: `round_half_even(|v|·s)·sign(v) + zp`, clamped.
+    #[inline(always)]
+    fn one(&self, v: i32, s: f32) -> i8 {
+        let f = v as f32;
+        let r = (f.abs() * s).round_ties_even().copysign(f);
+        // Beyond ±2^15 the clamp decides anyway; this keeps the float→int cast in range.
+        let r = r.clamp(-32768.0, 32767.0) as i32;
+        (r + self.zero_point).clamp(self.min, self.max) as i8
+    }
+
+    /// 16 values at a time with SSE2 (x86-64's baseline): the conversion rounds half to even
+    /// like `one`, and the saturating packs plus an i16 clamp do the rest. Returns how many
+    /// leading values it handled.
+    #[cfg(target_arch = "x86_64")]
+    fn run_simd(&self, xs: &[i32], ys: &mut [i8], s: f32) -> usize {
+        use std::arch::x86_64::*;
+        let n = xs.len() / 16 * 16;
+        // SAFETY: SSE2 is part of x86-64; every load reads 16 bytes within xs[..n] and every
+        // store writes 16 bytes within ys[..n].
+        unsafe {
+            let scale = _mm_set1_ps(s);
+            let (fmin, fmax) = (_mm_set1_ps(-32768.0), _mm_set1_ps(32767.0));
+            let zp = _mm_set1_epi32(self.zero_point);
+            let (lo, hi) = (
+                _mm_set1_epi16(self.min as i16),
+                _mm_set1_epi16(self.max as i16),
+            );
+            let quant = |p: *const i32| {
+                let f = _mm_cvtepi32_ps(_mm_loadu_si128(p as *const __m128i));
+                let f = _mm_max_ps(_mm_min_ps(_mm_mul_ps(f, scale), fmax), fmin);
+                // Default MXCSR rounding: to nearest, ties to even.
+                _mm_add_epi32(_mm_cvtps_epi32(f), zp)
+            };
+            for i in (0..n).step_by(16) {
+                let p = xs.as_ptr().add(i);
+                let a = _mm_packs_epi32(quant(p), quant(p.add(4)));
+                let b = _mm_packs_epi32(quant(p.add(8)), quant(p.add(12)));
+                let a = _mm_min_epi16(_mm_max_epi16(a, lo), hi);
+                let b = _mm_min_epi16(_mm_max_epi16(b, lo), hi);
+                _mm_storeu_si128(
+                    ys.as_mut_ptr().add(i) as *mut __m128i,
+                    _mm_packs_epi16(a, b),
+                );
+            }
+        }
+        n
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn run_simd(&self, _xs: &[i32], _ys: &mut [i8], _s: f32) -> usize {
+        0
     }
 }
 
@@ -185,5 +227,33 @@ mod tests {
         // 0.5 → 0, 1.5 → 2, -0.5 → -0, 2.5 → 2, 200 → clamps; then + zp.
         assert_eq!(y[..5], [-128, -126, -128, -126, 72]);
         assert_eq!(y[5..], [127, 127, -128, -128, 127]);
+    }
+
+    #[test]
+    fn the_vector_path_matches_the_scalar_definition() {
+        let op = Requantize {
+            scales: tensor1(&[0.5f32, 0.013, 3.0]).into_arc_tensor(),
+            axis: 1,
+            zero_point: -3,
+            min: -128,
+            max: 100,
+        };
+        let mut rng = crate::rng::Rng::new(5);
+        // 37 per channel: two vector blocks and a scalar tail; odd values hit the ties at 0.5.
+        let mut x: Vec<i32> = (0..3 * 37)
+            .map(|i| match i % 5 {
+                0 => (rng.uniform() * 2000.0 - 1000.0) as i32 | 1,
+                1 => (rng.uniform() * 2e9 - 1e9) as i32,
+                _ => (rng.uniform() * 600.0 - 300.0) as i32,
+            })
+            .collect();
+        x[3] = i32::MIN;
+        x[40] = i32::MAX;
+        let mut y = vec![0i8; x.len()];
+        op.run(&x, &mut y, 3, 37).unwrap();
+        let s = [0.5f32, 0.013, 3.0];
+        for (i, (&v, &q)) in x.iter().zip(&y).enumerate() {
+            assert_eq!(q, op.one(v, s[i / 37]), "x[{i}] = {v}");
+        }
     }
 }

@@ -222,7 +222,7 @@ mod tests {
         let b = set.load().unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!(a[1].raw, b[1].raw);
-        assert!(a[0].truth.as_ref().unwrap().iter().any(|&v| v == 1));
+        assert!(a[0].truth.as_ref().unwrap().contains(&1));
         assert_ne!(a[0].raw, a[1].raw);
     }
 }

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Per-tile latency of unet-edge (tract + the project's plan passes) against onnxruntime, f32 and
+int8, on the same ONNX model, 1 thread, batch 1, measured alternately so that machine noise hits
+every contender alike. Not part of CI.
+
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benches/peers/requirements.txt
+    cargo build --release
+    /tmp/peers/bin/python benches/peers/peers.py            # from the repository root
+
+onnxruntime's int8 model is made by its own static quantizer (QDQ, per-channel int8 weights,
+uint8 activations) from the same f32 model, calibrated on normalized 128x128 crops of the images
+in samples/; unet-edge's is models/unet-nuclei.int8.onnx (made by unet-quantize).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                      quantize_static)
+from PIL import Image
+
+TILE = 128
+
+
+def normalized_crops(folder, count=32, seed=0):
+    """128x128 crops of every image in `folder`, each image scaled to its 1st..99.8th percentile
+    (the runtime's default normalization)."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith((".png", ".tif", ".tiff")))
+    for f in files:
+        img = np.asarray(Image.open(os.path.join(folder, f)), dtype=np.float32)
+        if img.ndim == 3:
+            img = img[..., :3].mean(axis=2)
+        lo, hi = np.percentile(img, [1.0, 99.8])
+        img = (img - lo) / max(hi - lo, 1e-6)
+        for _ in range(count // max(len(files), 1)):
+            y = rng.integers(0, img.shape[0] - TILE + 1)
+            x = rng.integers(0, img.shape[1] - TILE + 1)
+            crops.append(img[y:y + TILE, x:x + TILE][None, None].astype(np.float32))
+    return crops
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, name, crops):
+        self.items = iter([{name: c} for c in crops])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def ort_session(path):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+
+
+def time_ort(sess, tiles, warmup=3):
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(1).random((1, 1, TILE, TILE), dtype=np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    lat = []
+    for _ in range(tiles):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        lat.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(lat)
+
+
+def time_unet_edge(binary, model, tiles):
+    out = subprocess.run([binary, "bench", "--model", model, "--tiles", str(tiles), "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["ms_per_tile"]["p50"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/unet-nuclei.onnx")
+    ap.add_argument("--int8", default="models/unet-nuclei.int8.onnx")
+    ap.add_argument("--binary", default="target/release/unet-edge")
+    ap.add_argument("--samples", default="samples")
+    ap.add_argument("--tiles", type=int, default=60, help="timed tiles per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    a = ap.parse_args()
+    for p in (a.model, a.int8, a.binary):
+        if not os.path.exists(p):
+            sys.exit(f"{p}: not found (run from the repository root after `cargo build --release`)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_int8 = os.path.join(tmp, "ort-int8.onnx")
+        name = ort_session(a.model).get_inputs()[0].name
+        quantize_static(a.model, ort_int8, Reader(name, normalized_crops(a.samples)),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        s_f32, s_int8 = ort_session(a.model), ort_session(ort_int8)
+        runs = {k: [] for k in ("ort f32", "unet-edge f32", "ort int8", "unet-edge int8")}
+        for r in range(a.rounds):
+            runs["ort f32"].append(time_ort(s_f32, a.tiles))
+            runs["unet-edge f32"].append(time_unet_edge(a.binary, a.model, a.tiles))
+            runs["ort int8"].append(time_ort(s_int8, a.tiles))
+            runs["unet-edge int8"].append(time_unet_edge(a.binary, a.int8, a.tiles))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items()),
+                  file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"ms per 128x128 tile, 1 thread, batch 1, median of {a.rounds} alternating rounds "
+          f"(onnxruntime {ort.__version__}):")
+    for k, v in med.items():
+        print(f"  {k:<15} {v:7.2f}")
+    print(f"  unet-edge / onnxruntime: f32 {med['unet-edge f32'] / med['ort f32']:.2f}x, "
+          f"int8 {med['unet-edge int8'] / med['ort int8']:.2f}x")
+    print(f"  int8 / f32: unet-edge {med['unet-edge int8'] / med['unet-edge f32']:.2f}x, "
+          f"onnxruntime {med['ort int8'] / med['ort f32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,41 @@ fn info_lists_shapes_cost_and_operators() {
     );
 }
 
+#[test]
+fn bench_profile_attributes_the_time_to_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
+    let out = util::run_ok(&[
+        "bench",
+        "--model",
+        &model,
+        "--tile",
+        "64",
+        "--tiles",
+        "3",
+        "--profile",
+    ]);
+    assert!(out.contains("profile over 5 runs"), "{out}");
+    let total: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("profile over 5 runs: "))
+        .and_then(|l| l.split(" ms").next())
+        .and_then(|v| v.parse().ok())
+        .expect("total time line");
+    assert!(total > 0.0, "{out}");
+    // Convolutions dominate a U-Net: the matmul (or direct conv) rows come first.
+    let first_row = out
+        .lines()
+        .skip_while(|l| !l.contains("operator (output type)"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        first_row.contains("MatMul") || first_row.contains("Conv"),
+        "{out}"
+    );
+    assert!(out.contains("slowest nodes:"), "{out}");
+}
+
 /// Regression: `unet-edge info | head -1` panicked ("failed printing to stdout") when the
 /// reader closed the pipe; now the process ends quietly like other Unix filters.
 #[cfg(target_os = "linux")]

@@ -272,7 +272,21 @@ fn interleave_words(words: &[u64; 4], out: &mut [i8]) {
             _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab, cd));
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::aarch64::*;
+        // SAFETY: NEON is part of aarch64; `out` holds at least 32 bytes (checked above).
+        unsafe {
+            let ab = vzip_s8(vcreate_s8(words[0]), vcreate_s8(words[1]));
+            let cd = vzip_s8(vcreate_s8(words[2]), vcreate_s8(words[3]));
+            let ab = vreinterpretq_s16_s8(vcombine_s8(ab.0, ab.1));
+            let cd = vreinterpretq_s16_s8(vcombine_s8(cd.0, cd.1));
+            let dst = out.as_mut_ptr();
+            vst1q_s8(dst, vreinterpretq_s8_s16(vzip1q_s16(ab, cd)));
+            vst1q_s8(dst.add(16), vreinterpretq_s8_s16(vzip2q_s16(ab, cd)));
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     for j in 0..8 {
         for (i, w) in words.iter().enumerate() {
             out[4 * j + i] = (w >> (8 * j)) as u8 as i8;
@@ -294,23 +308,13 @@ struct Tap {
 /// `out[4j + i] = rows[i][j]` for `j < r`: four patch rows into the K=4-inner layout.
 #[inline(always)]
 fn interleave4(rows: &[[i8; 64]; 4], r: usize, out: &mut [i8]) {
-    #[cfg(target_arch = "x86_64")]
     if r.is_multiple_of(8) {
-        use std::arch::x86_64::*;
-        for g in 0..r / 8 {
-            // SAFETY: SSE2 is part of x86-64; each load reads 8 bytes inside a 64-byte row
-            // (g·8 + 8 ≤ r ≤ 64) and each store writes 16 bytes inside `out` (32·g + 32 ≤ 4r).
-            unsafe {
-                let a = _mm_loadl_epi64(rows[0].as_ptr().add(g * 8) as *const __m128i);
-                let b = _mm_loadl_epi64(rows[1].as_ptr().add(g * 8) as *const __m128i);
-                let c = _mm_loadl_epi64(rows[2].as_ptr().add(g * 8) as *const __m128i);
-                let d = _mm_loadl_epi64(rows[3].as_ptr().add(g * 8) as *const __m128i);
-                let ab = _mm_unpacklo_epi8(a, b);
-                let cd = _mm_unpacklo_epi8(c, d);
-                let dst = out.as_mut_ptr().add(g * 32) as *mut __m128i;
-                _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab, cd));
-                _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab, cd));
-            }
+        for (g, block) in out.chunks_mut(32).take(r / 8).enumerate() {
+            let words = rows.map(|row| {
+                let b: [i8; 8] = row[g * 8..g * 8 + 8].try_into().expect("8 bytes");
+                u64::from_le_bytes(b.map(|v| v as u8))
+            });
+            interleave_words(&words, block);
         }
         return;
     }

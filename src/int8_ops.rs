@@ -82,7 +82,39 @@ impl Requantize {
         n
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
+    /// The same with NEON (aarch64: Raspberry Pi 4/5, Jetson); `vcvtnq` rounds half to even.
+    #[cfg(target_arch = "aarch64")]
+    fn run_simd(&self, xs: &[i32], ys: &mut [i8], s: f32) -> usize {
+        use std::arch::aarch64::*;
+        let n = xs.len() / 16 * 16;
+        // SAFETY: NEON is part of aarch64; every load reads 16 bytes within xs[..n] and every
+        // store writes 16 bytes within ys[..n].
+        unsafe {
+            let scale = vdupq_n_f32(s);
+            let (fmin, fmax) = (vdupq_n_f32(-32768.0), vdupq_n_f32(32767.0));
+            let zp = vdupq_n_s32(self.zero_point);
+            let (lo, hi) = (vdupq_n_s16(self.min as i16), vdupq_n_s16(self.max as i16));
+            let quant = |p: *const i32| {
+                let f = vcvtq_f32_s32(vld1q_s32(p));
+                let f = vmaxq_f32(vminq_f32(vmulq_f32(f, scale), fmax), fmin);
+                vaddq_s32(vcvtnq_s32_f32(f), zp)
+            };
+            for i in (0..n).step_by(16) {
+                let p = xs.as_ptr().add(i);
+                let a = vcombine_s16(vqmovn_s32(quant(p)), vqmovn_s32(quant(p.add(4))));
+                let b = vcombine_s16(vqmovn_s32(quant(p.add(8))), vqmovn_s32(quant(p.add(12))));
+                let a = vminq_s16(vmaxq_s16(a, lo), hi);
+                let b = vminq_s16(vmaxq_s16(b, lo), hi);
+                vst1q_s8(
+                    ys.as_mut_ptr().add(i),
+                    vcombine_s8(vqmovn_s16(a), vqmovn_s16(b)),
+                );
+            }
+        }
+        n
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     fn run_simd(&self, _xs: &[i32], _ys: &mut [i8], _s: f32) -> usize {
         0
     }

@@ -5,19 +5,20 @@
 //! compensation `acc − k0·Σx − x0·Σk + k·x0·k0`, then requantization. On the seed U-Net that ran
 //! at 95 ms per tile, slower than f32, with the matmul itself at 7.5 ms. Per tile:
 //!
-//! - [`ZeroTermElision`]: with symmetric weights (k0 = 0) the `k0·Σx` term multiplies by a
+//! - zero-term elision: with symmetric weights (k0 = 0) the `k0·Σx` term multiplies by a
 //!   constant zero, yet tract computes Σx over every patch (`QSumB`) and subtracts the zeros;
 //!   removing `x − (y × 0)` lets the dead branch be pruned (19 ms).
-//! - [`RequantFusion`]: the requantization is five generic element-wise passes over the i32
+//! - requantization fusion: the requantization is five generic element-wise passes over the i32
 //!   accumulator (`Scale` by the per-channel factor, `Add` the zero point, `Min`, `Max`, `Cast`),
 //!   which tract cannot fold into the matmul when the factor differs per channel; replaced by
 //!   the project's [`Requantize`] (33 → 1.2 ms, bit-identical).
-//! - [`Im2colSwap`]: tract's im2col packs element by element; replaced by
+//! - im2col swap: tract's im2col packs element by element; replaced by
 //!   [`crate::im2col_i8::Im2colI8`] (27 → 10 ms).
-//! - [`UpsampleSwap`]: tract's nearest upsampling of i8 takes a generic path; replaced by
+//! - upsample swap: tract's nearest upsampling of i8 takes a generic path; replaced by
 //!   [`UpsampleI8`] (13 → 0.7 ms).
 //!
-//! Each replacement computes exactly what it replaces (tested against tract's own lowering).
+//! Each is a [`NodeRewrite`] run by a [`RewritePass`] (see [`passes`]), and each replacement
+//! computes exactly what it replaces (tested against tract's own lowering).
 
 use crate::int8_ops::{Requantize, UpsampleI8};
 use tract_onnx::tract_core::internal::*;
@@ -26,10 +27,6 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::NearestUpsample;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
-
-/// Rewrites `Sub(x, Mul(y, zeros))` and `Sub(x, Mul(zeros, y))` into `x`.
-#[derive(Clone, Debug, Default)]
-pub struct ZeroTermElision;
 
 fn bin_op<'a>(node: &'a TypedNode, name: &str) -> Option<&'a TypedBinOp> {
     node.op_as::<TypedBinOp>().filter(|op| op.0.name() == name)
@@ -42,41 +39,23 @@ fn is_zero_const(model: &TypedModel, outlet: OutletId) -> bool {
         .is_some_and(|c| c.val().is_all_zero().unwrap_or(false))
 }
 
-impl TypedPass for ZeroTermElision {
-    fn reset(&mut self) -> TractResult<()> {
-        Ok(())
+/// `Sub(x, Mul(y, zeros))` or `Sub(x, Mul(zeros, y))` → `x`.
+fn elide_zero_term(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    if bin_op(node, "Sub").is_none() || node.inputs.len() != 2 {
+        return Ok(None);
     }
-
-    fn next(
-        &mut self,
-        _session: &mut OptimizerSession,
-        model: &TypedModel,
-    ) -> TractResult<Option<TypedModelPatch>> {
-        for node in model.nodes() {
-            if bin_op(node, "Sub").is_none() || node.inputs.len() != 2 {
-                continue;
-            }
-            let sub = model.node(node.inputs[1].node);
-            if bin_op(sub, "Mul").is_none() || !sub.inputs.iter().any(|&i| is_zero_const(model, i))
-            {
-                continue;
-            }
-            // The shapes must agree without the broadcast the subtraction did.
-            let x = node.inputs[0];
-            if model.outlet_fact(x)? != &node.outputs[0].fact {
-                continue;
-            }
-            let patch =
-                TypedModelPatch::rewire(model, &[x], &[node.id.into()], &|_p, xs| Ok(xs.into()))?;
-            return Ok(Some(patch));
-        }
-        Ok(None)
+    let sub = model.node(node.inputs[1].node);
+    if bin_op(sub, "Mul").is_none() || !sub.inputs.iter().any(|&i| is_zero_const(model, i)) {
+        return Ok(None);
     }
+    // The shapes must agree without the broadcast the subtraction did.
+    let x = node.inputs[0];
+    if model.outlet_fact(x)? != &node.outputs[0].fact {
+        return Ok(None);
+    }
+    let patch = TypedModelPatch::rewire(model, &[x], &[node.id.into()], &|_p, xs| Ok(xs.into()))?;
+    Ok(Some(patch))
 }
-
-/// Replaces `Scale(s, x) → Add(zp) → Min/Max → Cast(i8)` on an i32 `x` by [`Requantize`].
-#[derive(Clone, Debug, Default)]
-pub struct RequantFusion;
 
 fn const_of(model: &TypedModel, node: &TypedNode) -> Option<Arc<Tensor>> {
     node.inputs
@@ -89,92 +68,159 @@ fn uniform_i32(t: &Tensor) -> Option<i32> {
     u.cast_to_scalar::<i32>().ok()
 }
 
-impl RequantFusion {
-    fn matches(model: &TypedModel, scale: &TypedNode) -> TractResult<Option<(Requantize, usize)>> {
-        if bin_op(scale, "Scale").is_none() || scale.inputs.len() != 2 {
-            return Ok(None);
-        }
-        let Some(s) = model.node(scale.inputs[0].node).op_as::<Const>() else {
-            return Ok(None);
-        };
-        let x_fact = model.outlet_fact(scale.inputs[1])?;
-        if x_fact.datum_type != i32::datum_type() || s.val().datum_type() != f32::datum_type() {
-            return Ok(None);
-        }
-        let Some(x_shape) = x_fact.shape.as_concrete().map(|s| s.to_vec()) else {
-            return Ok(None);
-        };
-        // The factor varies along at most one axis, which must be the input's channel axis.
-        let s_shape = s.val().shape().to_vec();
-        if s_shape.len() > x_shape.len() {
-            return Ok(None);
-        }
-        let offset = x_shape.len() - s_shape.len();
-        let varying: Vec<usize> = (0..s_shape.len()).filter(|&a| s_shape[a] != 1).collect();
-        let axis = match varying.as_slice() {
-            [] => 0,
-            [a] if s_shape[*a] == x_shape[a + offset] => a + offset,
-            _ => return Ok(None),
-        };
-        let next = |n: &TypedNode| -> Option<usize> {
-            match n.outputs[0].successors.as_slice() {
-                [one] if !model.output_outlets().ok()?.contains(&n.id.into()) => Some(one.node),
-                _ => None,
-            }
-        };
-        let Some(add) = next(scale).map(|i| model.node(i)) else {
-            return Ok(None);
-        };
-        let Some(zp) = bin_op(add, "Add")
-            .and(const_of(model, add))
-            .and_then(|t| uniform_i32(&t))
-        else {
-            return Ok(None);
-        };
-        let (mut lo, mut hi) = (i32::MIN, i32::MAX);
-        let mut cur = add;
-        for _ in 0..2 {
-            let Some(n) = next(cur).map(|i| model.node(i)) else {
-                return Ok(None);
-            };
-            let Some(c) = const_of(model, n).and_then(|t| uniform_i32(&t)) else {
-                return Ok(None);
-            };
-            if bin_op(n, "Min").is_some() {
-                hi = hi.min(c);
-            } else if bin_op(n, "Max").is_some() {
-                lo = lo.max(c);
-            } else {
-                return Ok(None);
-            }
-            cur = n;
-        }
-        let Some(cast) = next(cur).map(|i| model.node(i)) else {
-            return Ok(None);
-        };
-        if cast.op_as::<Cast>().map(|c| c.to) != Some(i8::datum_type())
-            || lo < i8::MIN as i32
-            || hi > i8::MAX as i32
-        {
-            return Ok(None);
-        }
-        let mut scales = s.val().clone().into_tensor();
-        let n = scales.len();
-        scales.set_shape(&[n])?;
-        Ok(Some((
-            Requantize {
-                scales: scales.into_arc_tensor(),
-                axis,
-                zero_point: zp,
-                min: lo,
-                max: hi,
-            },
-            cast.id,
-        )))
+/// The [`Requantize`] equivalent of `Scale(s, x) → Add(zp) → Min/Max → Cast(i8)` on an i32
+/// `x` starting at `scale`, and the id of the chain's last (Cast) node.
+fn requant_chain(
+    model: &TypedModel,
+    scale: &TypedNode,
+) -> TractResult<Option<(Requantize, usize)>> {
+    if bin_op(scale, "Scale").is_none() || scale.inputs.len() != 2 {
+        return Ok(None);
     }
+    let Some(s) = model.node(scale.inputs[0].node).op_as::<Const>() else {
+        return Ok(None);
+    };
+    let x_fact = model.outlet_fact(scale.inputs[1])?;
+    if x_fact.datum_type != i32::datum_type() || s.val().datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let Some(x_shape) = x_fact.shape.as_concrete().map(|s| s.to_vec()) else {
+        return Ok(None);
+    };
+    // The factor varies along at most one axis, which must be the input's channel axis.
+    let s_shape = s.val().shape().to_vec();
+    if s_shape.len() > x_shape.len() {
+        return Ok(None);
+    }
+    let offset = x_shape.len() - s_shape.len();
+    let varying: Vec<usize> = (0..s_shape.len()).filter(|&a| s_shape[a] != 1).collect();
+    let axis = match varying.as_slice() {
+        [] => 0,
+        [a] if s_shape[*a] == x_shape[a + offset] => a + offset,
+        _ => return Ok(None),
+    };
+    let next = |n: &TypedNode| -> Option<usize> {
+        match n.outputs[0].successors.as_slice() {
+            [one] if !model.output_outlets().ok()?.contains(&n.id.into()) => Some(one.node),
+            _ => None,
+        }
+    };
+    let Some(add) = next(scale).map(|i| model.node(i)) else {
+        return Ok(None);
+    };
+    let Some(zp) = bin_op(add, "Add")
+        .and(const_of(model, add))
+        .and_then(|t| uniform_i32(&t))
+    else {
+        return Ok(None);
+    };
+    let (mut lo, mut hi) = (i32::MIN, i32::MAX);
+    let mut cur = add;
+    for _ in 0..2 {
+        let Some(n) = next(cur).map(|i| model.node(i)) else {
+            return Ok(None);
+        };
+        let Some(c) = const_of(model, n).and_then(|t| uniform_i32(&t)) else {
+            return Ok(None);
+        };
+        if bin_op(n, "Min").is_some() {
+            hi = hi.min(c);
+        } else if bin_op(n, "Max").is_some() {
+            lo = lo.max(c);
+        } else {
+            return Ok(None);
+        }
+        cur = n;
+    }
+    let Some(cast) = next(cur).map(|i| model.node(i)) else {
+        return Ok(None);
+    };
+    if cast.op_as::<Cast>().map(|c| c.to) != Some(i8::datum_type())
+        || lo < i8::MIN as i32
+        || hi > i8::MAX as i32
+    {
+        return Ok(None);
+    }
+    let mut scales = s.val().clone().into_tensor();
+    let n = scales.len();
+    scales.set_shape(&[n])?;
+    Ok(Some((
+        Requantize {
+            scales: scales.into_arc_tensor(),
+            axis,
+            zero_point: zp,
+            min: lo,
+            max: hi,
+        },
+        cast.id,
+    )))
 }
 
-impl TypedPass for RequantFusion {
+/// `Scale → Add → Min/Max → Cast(i8)` → [`Requantize`].
+fn fuse_requant(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some((op, cast)) = requant_chain(model, node)? else {
+        return Ok(None);
+    };
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, node.inputs[1])?;
+    let y = patch.wire_node(format!("{}.requantize", node.name), op, &[x])?;
+    patch.shunt_outside(model, cast.into(), y[0])?;
+    Ok(Some(patch))
+}
+
+/// tract's `Im2col` of an int8 convolution → [`crate::im2col_i8::Im2colI8`].
+fn swap_im2col(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(op) = crate::im2col_i8::replacement(model, node)? else {
+        return Ok(None);
+    };
+    Ok(Some(TypedModelPatch::replace_single_op(
+        model,
+        node,
+        &node.inputs[..1],
+        op,
+    )?))
+}
+
+/// tract's `NearestUpsample` of an int8 NCHW tensor (integer factors on H and W only) →
+/// [`UpsampleI8`].
+fn swap_upsample(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(up) = node.op_as::<NearestUpsample>() else {
+        return Ok(None);
+    };
+    let fact = model.outlet_fact(node.inputs[0])?;
+    if fact.datum_type.unquantized() != i8::datum_type()
+        || fact.rank() != 4
+        || up.scales.len() != 4
+        || up.scales[0] != 1
+        || up.scales[1] != 1
+    {
+        return Ok(None);
+    }
+    let op = UpsampleI8 {
+        sy: up.scales[2],
+        sx: up.scales[3],
+    };
+    Ok(Some(TypedModelPatch::replace_single_op(
+        model,
+        node,
+        &node.inputs,
+        op,
+    )?))
+}
+
+/// A rewrite of one node: a patch when it applies there.
+type NodeRewrite = fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>;
+
+/// A tract optimizer pass applying one [`NodeRewrite`] to the first node it fits; the optimizer
+/// calls it again until no node fits.
+#[derive(Clone, Debug)]
+pub struct RewritePass {
+    /// What the pass does, for tract's optimizer logs.
+    pub name: &'static str,
+    rewrite: NodeRewrite,
+}
+
+impl TypedPass for RewritePass {
     fn reset(&mut self) -> TractResult<()> {
         Ok(())
     }
@@ -185,11 +231,7 @@ impl TypedPass for RequantFusion {
         model: &TypedModel,
     ) -> TractResult<Option<TypedModelPatch>> {
         for node in model.nodes() {
-            if let Some((op, cast)) = Self::matches(model, node)? {
-                let mut patch = TypedModelPatch::default();
-                let x = patch.tap_model(model, node.inputs[1])?;
-                let y = patch.wire_node(format!("{}.requantize", node.name), op, &[x])?;
-                patch.shunt_outside(model, cast.into(), y[0])?;
+            if let Some(patch) = (self.rewrite)(model, node)? {
                 return Ok(Some(patch));
             }
         }
@@ -197,81 +239,35 @@ impl TypedPass for RequantFusion {
     }
 }
 
-/// Replaces tract's `Im2col` of int8 convolutions by [`crate::im2col_i8::Im2colI8`].
-#[derive(Clone, Debug, Default)]
-pub struct Im2colSwap;
-
-impl TypedPass for Im2colSwap {
-    fn reset(&mut self) -> TractResult<()> {
-        Ok(())
-    }
-
-    fn next(
-        &mut self,
-        _session: &mut OptimizerSession,
-        model: &TypedModel,
-    ) -> TractResult<Option<TypedModelPatch>> {
-        for node in model.nodes() {
-            if let Some(op) = crate::im2col_i8::replacement(model, node)? {
-                let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
-                return Ok(Some(patch));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Replaces tract's `NearestUpsample` of int8 NCHW tensors (integer factors on H and W only)
-/// by [`UpsampleI8`].
-#[derive(Clone, Debug, Default)]
-pub struct UpsampleSwap;
-
-impl TypedPass for UpsampleSwap {
-    fn reset(&mut self) -> TractResult<()> {
-        Ok(())
-    }
-
-    fn next(
-        &mut self,
-        _session: &mut OptimizerSession,
-        model: &TypedModel,
-    ) -> TractResult<Option<TypedModelPatch>> {
-        for node in model.nodes() {
-            let Some(up) = node.op_as::<NearestUpsample>() else {
-                continue;
-            };
-            let fact = model.outlet_fact(node.inputs[0])?;
-            if fact.datum_type.unquantized() != i8::datum_type()
-                || fact.rank() != 4
-                || up.scales.len() != 4
-                || up.scales[0] != 1
-                || up.scales[1] != 1
-            {
-                continue;
-            }
-            let op = UpsampleI8 {
-                sy: up.scales[2],
-                sx: up.scales[3],
-            };
-            return Ok(Some(TypedModelPatch::replace_single_op(
-                model,
-                node,
-                &node.inputs,
-                op,
-            )?));
-        }
-        Ok(None)
-    }
+/// The runtime's passes, in the order they run.
+pub fn passes() -> [RewritePass; 4] {
+    [
+        RewritePass {
+            name: "zero-term-elision",
+            rewrite: elide_zero_term,
+        },
+        RewritePass {
+            name: "requant-fusion",
+            rewrite: fuse_requant,
+        },
+        RewritePass {
+            name: "im2col-swap",
+            rewrite: swap_im2col,
+        },
+        RewritePass {
+            name: "upsample-swap",
+            rewrite: swap_upsample,
+        },
+    ]
 }
 
 /// tract's codegen optimizer with the runtime's passes inserted after codegen, before fusion.
 pub fn optimizer() -> Optimizer {
     let mut opt = Optimizer::codegen();
     // codegen's passes: [prop-const, merge-axes, codegen, declutter, push-split-down, fuse].
-    opt.add_pass(3, Box::new(ZeroTermElision));
-    opt.add_pass(4, Box::new(RequantFusion));
-    opt.add_pass(5, Box::new(Im2colSwap));
-    opt.add_pass(6, Box::new(UpsampleSwap));
+    for (i, pass) in passes().into_iter().enumerate() {
+        opt.add_pass(3 + i, Box::new(pass));
+    }
     opt
 }
 

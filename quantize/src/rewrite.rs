@@ -181,6 +181,104 @@ pub fn quantize(
         Ok((s, z))
     };
 
+    // A value's name in the wanted form, converting (once per value) from the other form.
+    macro_rules! form {
+        ($v:expr, $want:ident, $have:ident, $op:literal) => {{
+            let v: &str = $v;
+            let f = forms.get(v).cloned().unwrap_or_default();
+            match f.$want {
+                Some(x) => x,
+                None => {
+                    let src = f.$have.expect("every value has a form");
+                    let (s, z) = qparam_inits(&mut g, params_of(v))?;
+                    let y = g.node($op, &[&src, &s, &z], &[]);
+                    summary.boundaries += 1;
+                    forms.get_mut(v).expect("known").$want = Some(y.clone());
+                    y
+                }
+            }
+        }};
+    }
+    macro_rules! as_i8 {
+        ($v:expr) => {
+            form!($v, i8, f32, "QuantizeLinear")
+        };
+    }
+    macro_rules! as_f32 {
+        ($v:expr) => {
+            form!($v, f32, i8, "DequantizeLinear")
+        };
+    }
+
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if n.op() == "Conv" {
+            let cons = graph.consumers(&n.output);
+            if cons.len() == 1 && graph.nodes[cons[0]].op() == "Relu" && n.output != graph.output {
+                fused_relu.insert(i, cons[0]);
+            }
+        }
+    }
+    let fused_targets: BTreeSet<usize> = fused_relu.values().copied().collect();
+
+    // Values that must share parameters, and each class's range (the union of its members').
+    let mut classes = Classes {
+        parent: HashMap::new(),
+    };
+    for n in &graph.nodes {
+        if matches!(n.op(), "MaxPool" | "Resize" | "Concat") {
+            for i in &n.inputs {
+                classes.union(i, &n.output);
+            }
+        }
+    }
+    let mut class_range: HashMap<String, (f32, f32)> = HashMap::new();
+    for v in graph.values() {
+        let (lo, hi) = calib.range(&v, opts.method)?;
+        let root = classes.find(&v);
+        let r = class_range.entry(root).or_insert((lo, hi));
+        *r = (r.0.min(lo), r.1.max(hi));
+    }
+    let mut params_of = |v: &str| -> QParams {
+        let root = classes.find(v);
+        let (lo, hi) = class_range[&root];
+        QParams::from_range(lo, hi)
+    };
+
+    let source = graph.model.proto();
+    let mut g = GraphBuilder::new("unet_int8");
+    let dims4 = |c: Dim| {
+        [
+            Dim::Symbol("N".into()),
+            c,
+            Dim::Symbol("H".into()),
+            Dim::Symbol("W".into()),
+        ]
+    };
+    let input = g.input(&graph.input, ElemType::F32, &dims4(Dim::Fixed(1)));
+    let mut forms: HashMap<String, Forms> = HashMap::new();
+    forms.insert(
+        graph.input.clone(),
+        Forms {
+            f32: Some(input),
+            i8: None,
+        },
+    );
+    let mut summary = Summary {
+        int8_convs: 0,
+        f32_convs: vec![],
+        boundaries: 0,
+    };
+    let mut scalar_cache: HashMap<(u32, i8), (String, String)> = HashMap::new();
+    let mut qparam_inits = |g: &mut GraphBuilder, p: QParams| -> Result<(String, String)> {
+        if let Some(v) = scalar_cache.get(&(p.scale.to_bits(), p.zero_point)) {
+            return Ok(v.clone());
+        }
+        let s = g.init_f32("scale", &[], &[p.scale])?;
+        let z = g.init_i8("zero_point", &[], &[p.zero_point])?;
+        scalar_cache.insert((p.scale.to_bits(), p.zero_point), (s.clone(), z.clone()));
+        Ok((s, z))
+    };
+
     // Conversions between the forms, made once per value.
     macro_rules! as_i8 {
         ($v:expr) => {{

@@ -230,10 +230,12 @@ impl Model {
                     + reflect(x as isize - pad as isize, w)];
             }
         }
-        let plan = tract_onnx::onnx()
+        let typed = tract_onnx::onnx()
             .model_for_proto_model(&self.proto)?
             .with_input_fact(0, f32::fact([1, 1, ph, pw]).into())?
-            .into_optimized()?
+            .into_typed()?
+            .into_decluttered()?;
+        let plan = crate::plan_passes::optimize(typed)?
             .into_runnable_with_options(&RunOptions::default())?;
         let input = Tensor::from_shape(&[1, 1, ph, pw], &padded)?;
         let out = plan.run(tvec!(input.into()))?.remove(0);
@@ -316,28 +318,6 @@ impl TilePlan {
         self.plan.model()
     }
 
-    /// Optimized-plan operators counted by (operator, output datum type), most frequent first.
-    pub fn op_census(&self) -> Vec<(String, String, usize)> {
-        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for node in self.model().nodes() {
-            let op = node.op.name().to_string();
-            if op == "Source" || op == "Const" {
-                continue;
-            }
-            let dt = node
-                .outputs
-                .first()
-                .map(|o| format!("{:?}", o.fact.datum_type))
-                .unwrap_or_default();
-            *counts.entry((op, dt)).or_default() += 1;
-        }
-        let mut v: Vec<_> = counts.into_iter().map(|((o, d), n)| (o, d, n)).collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-        v
-    }
-}
-
-impl TilePlan {
     /// The plan's convolution and matmul kernels split by arithmetic: (integer, float) node names.
     /// A quantized model whose float list is not empty runs some convolution in f32.
     pub fn kernel_precision(&self) -> (Vec<String>, Vec<String>) {
@@ -356,6 +336,26 @@ impl TilePlan {
             }
         }
         (int, float)
+    }
+
+    /// Optimized-plan operators counted by (operator, output datum type), most frequent first.
+    pub fn op_census(&self) -> Vec<(String, String, usize)> {
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for node in self.model().nodes() {
+            let op = node.op.name().to_string();
+            if op == "Source" || op == "Const" {
+                continue;
+            }
+            let dt = node
+                .outputs
+                .first()
+                .map(|o| format!("{:?}", o.fact.datum_type))
+                .unwrap_or_default();
+            *counts.entry((op, dt)).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().map(|((o, d), n)| (o, d, n)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        v
     }
 }
 

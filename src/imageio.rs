@@ -38,6 +38,29 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// A label image's pixel values as instance ids (0 = background).
+pub fn labels_of(img: &GrayImage) -> Vec<u32> {
+    img.data.iter().map(|v| *v as u32).collect()
+}
+
+/// The ground truth of image `stem` in `dir`, as (width, height, instance labels): a label image
+/// `STEM.png`, `STEM.tif` or `STEM.tiff`, else a DSB2018 folder `STEM/masks/*.png`; `None` when
+/// there is neither.
+pub fn find_truth(dir: &Path, stem: &str) -> Result<Option<(usize, usize, Vec<u32>)>> {
+    for ext in ["png", "tif", "tiff"] {
+        let p = dir.join(format!("{stem}.{ext}"));
+        if p.is_file() {
+            let img = load_gray(&p)?;
+            return Ok(Some((img.width, img.height, labels_of(&img))));
+        }
+    }
+    let masks = dir.join(stem).join("masks");
+    if masks.is_dir() {
+        return load_instance_masks(&masks).map(Some);
+    }
+    Ok(None)
+}
+
 /// Instance labels from a DSB2018-style folder of binary masks, one nucleus per file (ids 1..=n in
 /// file-name order). Returns (width, height, labels).
 pub fn load_instance_masks(dir: &Path) -> Result<(usize, usize, Vec<u32>)> {

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{is_image_path, list_images, load_gray};
+use unet_edge::imageio::{find_truth, list_images, load_gray};
 use unet_edge::model::Model;
 use unet_edge::rng::Rng;
 use unet_edge::synth::{self, SynthConfig};
@@ -23,7 +23,8 @@ pub enum ImageSet {
         /// First seed.
         seed: u64,
     },
-    /// PNG/TIFF/JPEG files of a folder; truth, when present, in `DIR/truth/STEM.*`.
+    /// PNG/TIFF/JPEG files of a folder; truth, when present, in `DIR/truth` as `unet-edge eval`
+    /// reads it (`STEM.png`/`.tif` label images or `STEM/masks/*.png`).
     Dir(PathBuf),
 }
 
@@ -125,26 +126,18 @@ fn load_with_truth(dir: &Path, file: &Path) -> Result<Image> {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    let truth_dir = dir.join("truth");
-    let truth_file = list_images(&truth_dir).ok().and_then(|fs| {
-        fs.into_iter()
-            .find(|p| is_image_path(p) && p.file_stem().and_then(|s| s.to_str()) == Some(&stem))
-    });
-    let truth = match truth_file {
-        Some(t) => {
-            let tm = load_gray(&t)?;
-            if (tm.width, tm.height) != (img.width, img.height) {
+    let truth = match find_truth(&dir.join("truth"), &stem)? {
+        Some((w, h, labels)) => {
+            if (w, h) != (img.width, img.height) {
                 bail!(
-                    "{}: truth is {}x{} but the image {} is {}x{}",
-                    t.display(),
-                    tm.width,
-                    tm.height,
+                    "{}: truth of {stem} is {w}x{h} but the image {} is {}x{}",
+                    dir.join("truth").display(),
                     file.display(),
                     img.width,
                     img.height
                 );
             }
-            Some(tm.data.iter().map(|&v| u8::from(v > 0.0)).collect())
+            Some(labels.iter().map(|&l| u8::from(l > 0)).collect())
         }
         None => None,
     };
@@ -213,6 +206,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("holds no PNG"), "{e}");
+    }
+
+    #[test]
+    fn folder_truth_is_found_by_stem_and_checked_for_size() {
+        use unet_edge::imageio::{save_gray8, save_mask};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("truth")).unwrap();
+        save_gray8(&d.path().join("a.png"), 4, 3, vec![10; 12]).unwrap();
+        save_gray8(&d.path().join("b.png"), 4, 3, vec![20; 12]).unwrap();
+        let mut labels = vec![0u8; 12];
+        labels[5] = 1;
+        save_mask(&d.path().join("truth/a.png"), 4, 3, &labels).unwrap();
+        let set = ImageSet::Dir(d.path().to_path_buf());
+        let images = set.load().unwrap();
+        assert_eq!(images[0].truth.as_deref(), Some(&labels[..]));
+        assert_eq!(images[1].truth, None, "b has no truth");
+        save_mask(&d.path().join("truth/b.png"), 5, 3, &[0; 15]).unwrap();
+        let e = set.load().unwrap_err().to_string();
+        assert!(e.contains("truth of b is 5x3"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,8 @@ struct Cli {
     #[arg(long, value_name = "SRC", default_value = "synth:32")]
     calib: String,
     /// Held-out evaluation images (repeatable): `synth[:N[@SEED]]` (seeds from 800000) or a
-    /// folder; a folder's truth masks are read from FOLDER/truth/STEM.* when present
+    /// folder; a folder's truth is read from FOLDER/truth when present (STEM.png or STEM.tif
+    /// label images, or STEM/masks/*.png, as `unet-edge eval` reads it)
     #[arg(long, value_name = "SRC", default_value = "synth:16")]
     eval: Vec<String>,
     /// Activation range method: `auto` tries minmax, percentile:99.99 and mse and keeps the one

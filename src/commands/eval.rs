@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{load_gray, load_instance_masks, GrayImage};
+use unet_edge::imageio::{find_truth, labels_of, load_gray};
 use unet_edge::instances::connected_components;
 use unet_edge::metrics::Scores;
 
@@ -22,10 +22,6 @@ pub struct EvalArgs {
     /// Print one JSON object (`overall` and `images`) instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn labels_of(img: &GrayImage) -> Vec<u32> {
-    img.data.iter().map(|v| *v as u32).collect()
 }
 
 /// Predictions by stem: labels beat masks when both exist.
@@ -63,21 +59,13 @@ fn load_pred(p: &Path) -> Result<(usize, usize, Vec<u32>)> {
 }
 
 fn load_truth(dir: &Path, stem: &str) -> Result<(usize, usize, Vec<u32>)> {
-    for ext in ["png", "tif", "tiff"] {
-        let p = dir.join(format!("{stem}.{ext}"));
-        if p.is_file() {
-            let img = load_gray(&p)?;
-            return Ok((img.width, img.height, labels_of(&img)));
-        }
+    match find_truth(dir, stem)? {
+        Some(t) => Ok(t),
+        None => bail!(
+            "no ground truth for {stem:?} in {}: expected {stem}.png, {stem}.tif or {stem}/masks/*.png",
+            dir.display()
+        ),
     }
-    let masks = dir.join(stem).join("masks");
-    if masks.is_dir() {
-        return load_instance_masks(&masks);
-    }
-    bail!(
-        "no ground truth for {stem:?} in {}: expected {stem}.png, {stem}.tif or {stem}/masks/*.png",
-        dir.display()
-    )
 }
 
 fn row(name: &str, s: &Scores) -> String {

@@ -5,6 +5,7 @@
 //! the trainer and the quantizer share: the [`contract`], the [`onnx_writer`], the [`unet`]
 //! architecture, and the synthetic nuclei generator.
 
+pub mod arena;
 pub mod camera;
 pub mod contract;
 pub mod gpio;
@@ -26,3 +27,4 @@ pub mod source;
 pub mod synth;
 pub mod tiling;
 pub mod unet;
+pub mod workers;

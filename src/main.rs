@@ -5,6 +5,10 @@ mod commands;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// tract's per-run allocations are served from each tile runner's arena (see `unet_edge::arena`).
+#[global_allocator]
+static ALLOC: unet_edge::arena::ArenaAlloc = unet_edge::arena::ArenaAlloc(std::alloc::System);
+
 /// Nuclei segmentation with an overlap-tile U-Net on tract, for microscope cameras and image files.
 ///
 /// Without a subcommand it runs the live loop: `unet-edge --input frames/ --fps 10`, or raw frames

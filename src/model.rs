@@ -1,5 +1,6 @@
 //! Loading a U-Net ONNX into tract: contract checks, metadata, and the fixed-shape optimized plan.
 
+use crate::arena::{Arena, ArenaStats};
 use crate::contract::ModelMeta;
 use crate::onnx_writer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -306,7 +307,8 @@ impl TilePlan {
         Ok(TileRunner {
             state,
             input,
-            output: None,
+            output: vec![0.0; self.batch * self.channels * self.tile * self.tile],
+            arena: crate::arena::installed().then(Arena::new),
             batch: self.batch,
             tile: self.tile,
             channels: self.channels,
@@ -359,11 +361,14 @@ impl TilePlan {
     }
 }
 
-/// Runs batches of tiles through one tract state, reusing its input tensor.
+/// Runs batches of tiles through one tract state, reusing its input tensor; tract's
+/// allocations during a run come from the runner's [`Arena`] when the binary installs it.
 pub struct TileRunner {
     state: TypedSimpleState,
     input: Arc<Tensor>,
-    output: Option<TValue>,
+    /// The last run's output, copied out of tract's tensor so that tensor is freed in the run.
+    output: Vec<f32>,
+    arena: Option<Arena>,
     /// Tiles per run.
     pub batch: usize,
     /// Tile side.
@@ -375,8 +380,6 @@ pub struct TileRunner {
 impl TileRunner {
     /// The `[batch,1,tile,tile]` input buffer to fill before [`TileRunner::run`].
     pub fn input_mut(&mut self) -> &mut [f32] {
-        // Dropping the previous output first releases tract's last reference to our input.
-        self.output = None;
         let t = Arc::get_mut(&mut self.input).expect("tract released the input after the run");
         t.to_plain_array_view_mut::<f32>()
             .ok()
@@ -390,7 +393,6 @@ impl TileRunner {
         use std::time::{Duration, Instant};
         let mut spent: BTreeMap<usize, Duration> = BTreeMap::new();
         for _ in 0..runs.max(1) {
-            self.output = None;
             let input = TValue::from_const(self.input.clone());
             self.state
                 .run_plan_with_eval(tvec!(input), |ctx, state, node, inputs| {
@@ -421,19 +423,41 @@ impl TileRunner {
 
     /// Runs the model on the input buffer; the output is `[batch,channels,tile,tile]`.
     pub fn run(&mut self) -> Result<&[f32]> {
-        self.output = None;
-        let mut outputs = self
-            .state
-            .run(tvec!(TValue::from_const(self.input.clone())))?;
-        let out = outputs
-            .pop()
-            .ok_or_else(|| anyhow!("model produced no output"))?;
-        drop(outputs);
-        self.output = Some(out);
-        let out = self.output.as_ref().expect("just set");
-        out.to_plain_array_view::<f32>()?
-            .to_slice()
-            .ok_or_else(|| anyhow!("model output is not a contiguous f32 tensor"))
+        let (state, input, output) = (&mut self.state, &self.input, &mut self.output);
+        let mut run = || -> Result<()> {
+            let outputs = state.run(tvec!(TValue::from_const(input.clone())))?;
+            let out = outputs
+                .first()
+                .ok_or_else(|| anyhow!("model produced no output"))?;
+            let out = out
+                .to_plain_array_view::<f32>()?
+                .to_slice()
+                .ok_or_else(|| anyhow!("model output is not a contiguous f32 tensor"))?;
+            if out.len() != output.len() {
+                bail!(
+                    "model output holds {} values, expected {}",
+                    out.len(),
+                    output.len()
+                );
+            }
+            output.copy_from_slice(out);
+            Ok(())
+        };
+        match &mut self.arena {
+            Some(arena) => arena.run(run)?,
+            None => run()?,
+        }
+        Ok(&self.output)
+    }
+
+    /// Runs without an arena from now on (tract allocates from the system), for comparison.
+    pub fn disable_arena(&mut self) {
+        self.arena = None;
+    }
+
+    /// Sizes of the runner's arena after its last run; `None` when it runs without one.
+    pub fn arena_stats(&self) -> Option<ArenaStats> {
+        self.arena.as_ref().map(Arena::stats)
     }
 }
 

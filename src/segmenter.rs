@@ -6,6 +6,7 @@
 use crate::contract::{ModelMeta, OutputKind};
 use crate::model::{Model, TilePlan, TileRunner};
 use crate::tiling::TileGrid;
+use crate::workers::Workers;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -92,6 +93,8 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
     meta: ModelMeta,
     cfg: SegmentConfig,
     runners: Vec<B>,
+    /// Threads for runners 1.. (runner 0 runs on the caller's thread), started once.
+    workers: Workers,
     grid: Option<TileGrid>,
     normalized: Vec<f32>,
     scratch: Vec<f32>,
@@ -113,6 +116,24 @@ struct SharedOut {
 // SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+/// The runners, shared with the worker threads; job `i` uses runner `i` alone.
+#[derive(Clone, Copy)]
+struct Runners<B>(*mut B);
+// SAFETY: each job dereferences a distinct runner, and `B: Send` lets it move between threads.
+unsafe impl<B: Send> Send for Runners<B> {}
+unsafe impl<B: Send> Sync for Runners<B> {}
+
+impl<B> Runners<B> {
+    /// Runner `i`.
+    ///
+    /// # Safety
+    /// `i` is in bounds and no other reference to runner `i` is alive.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> &mut B {
+        unsafe { &mut *self.0.add(i) }
+    }
+}
 
 impl SegmentConfig {
     /// Checks the options against each other; errors name the offending option.
@@ -168,10 +189,12 @@ impl<B: TileBackend> Segmenter<B> {
                 runners[0].channels()
             );
         }
+        let workers = Workers::new(runners.len() - 1)?;
         Ok(Segmenter {
             meta,
             cfg,
             runners,
+            workers,
             grid: None,
             normalized: Vec::new(),
             scratch: Vec::new(),
@@ -251,22 +274,14 @@ impl<B: TileBackend> Segmenter<B> {
                 .map(|c| (self.core.as_mut_ptr(), c)),
         };
         let normalized = &self.normalized;
-        if threads == 1 {
-            return run_range(&mut self.runners[0], grid, normalized, 0..n, out);
-        }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self.runners[..threads]
-                .iter_mut()
-                .enumerate()
-                .map(|(i, r)| {
-                    let range = (i * per).min(n)..((i + 1) * per).min(n);
-                    s.spawn(move || run_range(r, grid, normalized, range, out))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("tile worker panicked"))
-        })
+        let runners = Runners(self.runners.as_mut_ptr());
+        let job = move |i: usize| {
+            // SAFETY: Workers::run calls each index once, and there are `threads` runners.
+            let runner = unsafe { runners.get(i) };
+            let range = (i * per).min(n)..((i + 1) * per).min(n);
+            run_range(runner, grid, normalized, range, out)
+        };
+        self.workers.run(threads, &job)
     }
 
     fn timing(&mut self, frame_ms: f32) -> FrameTiming {

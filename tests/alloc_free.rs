@@ -1,6 +1,6 @@
 //! A counting global allocator proves the frame loop's own work (normalization, tiling, stitching,
-//! thresholding) allocates nothing after the first frame of a size, and measures what tract's run
-//! allocates per tile.
+//! thresholding, instance separation) allocates nothing after the first frame of a size; tract's
+//! runs are covered by `alloc_free_tract.rs`.
 
 mod util;
 
@@ -12,7 +12,6 @@ static GLOBAL: Counting = Counting;
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 use unet_edge::contract::ModelMeta;
-use unet_edge::model::Model;
 use unet_edge::rng::Rng;
 use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
 
@@ -122,41 +121,6 @@ fn counter_sees_allocations_when_the_frame_size_changes() {
     let f = frame(1, 120, 90);
     let (_, allocs, _) = count(|| seg.segment(&f, 120, 90).unwrap());
     assert!(allocs > 0, "a new frame size must size new buffers");
-}
-
-#[test]
-fn tract_allocations_per_tile_are_measured() {
-    let _g = LOCK.lock().unwrap();
-    let spec = unet_edge::unet::UNetSpec::default();
-    let bytes = unet_edge::onnx_writer::encode(
-        &spec
-            .random_weights(1)
-            .to_onnx(&ModelMeta::default())
-            .unwrap(),
-    );
-    let model = Model::from_bytes(&bytes, "seed-unet").unwrap();
-    let cfg = SegmentConfig {
-        tile: 128,
-        margin: 24,
-        batch: 1,
-        threads: 1,
-        threshold: 0.5,
-    };
-    let mut seg = Segmenter::new(&model, cfg).unwrap();
-    let (w, h) = (200, 150);
-    let f = frame(2, w, h);
-    seg.segment(&f, w, h).unwrap();
-    let (timing, allocs, bytes) = count(|| seg.segment(&f, w, h).unwrap());
-    let tiles = timing.tiles;
-    println!(
-        "tract run: {} allocations, {:.1} MB per 128x128 tile ({} tiles)",
-        allocs / tiles,
-        bytes as f64 / tiles as f64 / 1e6,
-        tiles
-    );
-    // tract 0.23 allocates every intermediate tensor; if this drops to zero, the performance issue's
-    // arena has landed and this test should become an equality.
-    assert!(allocs > 0);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use crate::RunArgs;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
+use unet_edge::arena::ArenaStats;
 use unet_edge::rng::Rng;
 
 /// Options of `bench`.
@@ -22,6 +23,10 @@ pub struct BenchArgs {
     /// where the time goes: by operator type, then the slowest nodes.
     #[arg(long)]
     profile: bool,
+    /// Let tract allocate from the system on every run instead of from each runner's arena
+    /// (for measuring what the arena saves).
+    #[arg(long)]
+    no_arena: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -58,13 +63,17 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let runs_per_thread = a.tiles.div_ceil(cfg.batch * threads).max(1);
     // Threads start timing together so the timed window measures throughput, not warm-up.
     let barrier = std::sync::Barrier::new(threads);
-    let per_thread: Vec<Result<(Vec<f64>, Instant, Instant)>> = std::thread::scope(|s| {
+    type Timed = (Vec<f64>, Instant, Instant, Option<ArenaStats>);
+    let per_thread: Vec<Result<Timed>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let plan = plan.clone();
                 let barrier = &barrier;
-                s.spawn(move || -> Result<(Vec<f64>, Instant, Instant)> {
+                s.spawn(move || -> Result<Timed> {
                     let mut r = plan.runner()?;
+                    if a.no_arena {
+                        r.disable_arena();
+                    }
                     let mut rng = Rng::new(i as u64);
                     for v in r.input_mut() {
                         *v = rng.uniform();
@@ -80,7 +89,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
                         r.run()?;
                         lat.push(t.elapsed().as_secs_f64() * 1e3 / cfg.batch as f64);
                     }
-                    Ok((lat, start, Instant::now()))
+                    Ok((lat, start, Instant::now(), r.arena_stats()))
                 })
             })
             .collect();
@@ -91,8 +100,10 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     });
     let mut lat = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let mut arena = None;
     for r in per_thread {
-        let (l, start, end) = r?;
+        let (l, start, end, a) = r?;
+        arena = arena.or(a);
         lat.extend(l);
         first = Some(first.map_or(start, |f| f.min(start)));
         last = Some(last.map_or(end, |e| e.max(end)));
@@ -110,6 +121,9 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             "tiles": tiles_done,
             "ms_per_tile": {"min": s.min, "p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean},
             "tiles_per_second": tps,
+            "arena": arena.map(|a| serde_json::json!({
+                "capacity_bytes": a.capacity, "high_water_bytes": a.high_water, "spilled_bytes": a.spilled,
+            })),
         });
         println!("{j}");
     } else {
@@ -122,6 +136,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             s.min, s.p50, s.p90, s.p99, s.mean
         );
         println!("throughput {tps:.1} tiles/s");
+        match arena {
+            Some(a) => println!(
+                "arena per runner: {:.1} MB reserved, {:.1} MB high water, {} bytes spilled to the system",
+                a.capacity as f64 / 1e6,
+                a.high_water as f64 / 1e6,
+                a.spilled
+            ),
+            None => println!("arena: off (tract allocates from the system on every run)"),
+        }
     }
     if a.profile {
         print_profile(&plan, runs_per_thread.max(5))?;

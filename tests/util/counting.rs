@@ -1,5 +1,7 @@
 //! A global allocator that counts allocations while switched on, for allocation-free tests.
-//! Each test binary that uses it declares `#[global_allocator] static A: Counting = Counting;`.
+//! Each test binary that uses it declares `#[global_allocator] static A: Counting = Counting;`,
+//! or, to count what reaches the system past the tile runners' arenas,
+//! `static A: ArenaAlloc<Counting> = ArenaAlloc(Counting);`.
 //!
 //! Two modes: [`count`] counts only the calling thread (safe beside other tests and the test
 //! harness, which allocate on their own threads); [`start`]/[`stop`] count every thread, for code
@@ -8,7 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
-/// Counts `alloc` and `realloc` calls (and bytes) while [`on`] is set.
+/// Counts `alloc` and `realloc` calls (and bytes), and `dealloc` calls, while counting is on.
 pub struct Counting;
 
 static ON: AtomicBool = AtomicBool::new(false);
@@ -23,6 +25,7 @@ fn counting() -> bool {
 }
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
+static FREES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
@@ -33,6 +36,9 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        if counting() {
+            FREES.fetch_add(1, Relaxed);
+        }
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
@@ -48,6 +54,7 @@ unsafe impl GlobalAlloc for Counting {
 pub fn start() {
     ALLOCS.store(0, Relaxed);
     BYTES.store(0, Relaxed);
+    FREES.store(0, Relaxed);
     ON.store(true, Relaxed);
 }
 
@@ -62,8 +69,15 @@ pub fn stop() -> (usize, usize) {
 pub fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     ALLOCS.store(0, Relaxed);
     BYTES.store(0, Relaxed);
+    FREES.store(0, Relaxed);
     THIS_THREAD.with(|c| c.set(true));
     let r = f();
     THIS_THREAD.with(|c| c.set(false));
     (r, ALLOCS.load(Relaxed), BYTES.load(Relaxed))
+}
+
+/// `dealloc` calls counted since the last [`start`] or [`count`].
+#[allow(dead_code)]
+pub fn frees() -> usize {
+    FREES.load(Relaxed)
 }

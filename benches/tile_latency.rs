@@ -11,6 +11,10 @@ use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 use unet_edge::unet::UNetSpec;
 
+// As in the binary: tract's per-run allocations come from each runner's arena.
+#[global_allocator]
+static ALLOC: unet_edge::arena::ArenaAlloc = unet_edge::arena::ArenaAlloc(std::alloc::System);
+
 fn seed_model() -> Model {
     let bytes = unet_edge::onnx_writer::encode(
         &UNetSpec::default()

@@ -1,7 +1,9 @@
 //! Optimizer passes the runtime adds to tract's codegen, and the optimizer that runs them.
 //!
-//! They matter for int8 models (`unet-quantize`'s QLinearConv graphs) and leave float models
-//! alone. tract lowers a quantized convolution to im2col + an i8 matmul, zero-point
+//! For float models, one pass: activation hoisting (the ReLU after each convolution moves above
+//! tract's reshape so tract fuses it into the matmul), and convolutions take the im2col path on
+//! x86-64 (see [`optimize`]). The rest matter for int8 models (`unet-quantize`'s QLinearConv
+//! graphs). tract lowers a quantized convolution to im2col + an i8 matmul, zero-point
 //! compensation `acc − k0·Σx − x0·Σk + k·x0·k0`, then requantization. On the seed U-Net that ran
 //! at 95 ms per tile, slower than f32, with the matmul itself at 7.5 ms. Per tile:
 //!
@@ -22,9 +24,11 @@
 
 use crate::int8_ops::{Requantize, UpsampleI8};
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::nn::NearestUpsample;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
@@ -208,6 +212,44 @@ fn swap_upsample(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typ
     )?))
 }
 
+/// `OptMatMul → IntoShape → OptBinByScalar(·, c)` with a one-element `c` (the ReLU after a
+/// convolution) → `OptMatMul → OptBinByScalar → IntoShape`. tract reshapes the matmul's
+/// `[1, 1, C, H·W]` output to `[1, C, H, W]` before the activation, and the reshape stops its
+/// fusion pass from folding the activation into the matmul's store; element-wise ops commute
+/// with reshapes, so moving it up lets tract fuse it (a pass over every activation saved).
+fn hoist_activation(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(op) = node.op_as::<OptBinByScalar>() else {
+        return Ok(None);
+    };
+    let reshape = model.node(node.inputs[0].node);
+    if reshape.op_as::<IntoShape>().is_none() || reshape.outputs[0].successors.len() != 1 {
+        return Ok(None);
+    }
+    let mm = model.node(reshape.inputs[0].node);
+    if mm.op_as::<OptMatMul>().is_none()
+        || mm.outputs.len() != 1
+        || mm.outputs[0].successors.len() != 1
+        || model.output_outlets()?.contains(&mm.id.into())
+    {
+        return Ok(None);
+    }
+    let Some(c) = const_of(model, node) else {
+        return Ok(None);
+    };
+    if c.len() != 1 {
+        return Ok(None);
+    }
+    let rank = mm.outputs[0].fact.rank();
+    let c = c.clone().into_tensor().into_shape(&vec![1; rank])?;
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, mm.id.into())?;
+    let c = patch.add_const(format!("{}.scalar", node.name), c)?;
+    let y = patch.wire_node(&node.name, op.clone(), &[x, c])?[0];
+    let y = patch.wire_node(&reshape.name, reshape.op.clone(), &[y])?[0];
+    patch.shunt_outside(model, node.id.into(), y)?;
+    Ok(Some(patch))
+}
+
 /// A rewrite of one node: a patch when it applies there.
 type NodeRewrite = fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>;
 
@@ -240,8 +282,12 @@ impl TypedPass for RewritePass {
 }
 
 /// The runtime's passes, in the order they run.
-pub fn passes() -> [RewritePass; 4] {
+pub fn passes() -> [RewritePass; 5] {
     [
+        RewritePass {
+            name: "activation-hoist",
+            rewrite: hoist_activation,
+        },
         RewritePass {
             name: "zero-term-elision",
             rewrite: elide_zero_term,
@@ -272,8 +318,20 @@ pub fn optimizer() -> Optimizer {
 }
 
 /// Optimizes a decluttered model into a runnable one with [`optimizer`].
+///
+/// On x86-64, float convolutions all take tract's im2col + matrix-product path: its
+/// `DirectSpatialConv` (chosen by default for the 128-px-wide layers with few channels) was
+/// slower on each of the four layers it takes in the U-Net here (e.g. 2.4 vs 1.9 ms for the
+/// 16→16 encoder conv; `unet-edge bench --profile` with `TRACT_DISABLE_DIRECT_SPATIAL` on and
+/// off), 34.5 vs 33.0 ms per tile overall. Elsewhere (ARM, unmeasured on a board) tract decides.
 pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
-    model.optimize_with_session(&mut optimizer().session())?;
+    let run = |model: &mut TypedModel| model.optimize_with_session(&mut optimizer().session());
+    if cfg!(target_arch = "x86_64") {
+        tract_onnx::tract_core::knobs::KnobScope::new([("TRACT_DISABLE_DIRECT_SPATIAL", "true")])?
+            .enter(|| run(&mut model))?;
+    } else {
+        run(&mut model)?;
+    }
     Ok(model)
 }
 
@@ -366,6 +424,88 @@ mod tests {
                 v.iter().any(|&x| x > 0.0),
                 "degenerate test: all outputs clamp to zero"
             );
+        }
+    }
+
+    /// Float 3x3 Conv (pad 1) → Relu at `side`x`side`.
+    fn fconv_relu_model(cin: usize, cout: usize, side: usize, seed: u64) -> TypedModel {
+        let mut rng = Rng::new(seed);
+        let mut g = GraphBuilder::new("f");
+        let dims = |c| {
+            [
+                Dim::Fixed(1),
+                Dim::Fixed(c),
+                Dim::Fixed(side),
+                Dim::Fixed(side),
+            ]
+        };
+        let x = g.input("x", ElemType::F32, &dims(cin));
+        let w: Vec<f32> = (0..cout * cin * 9).map(|_| rng.uniform() - 0.5).collect();
+        let w = g.init_f32("w", &[cout, cin, 3, 3], &w).unwrap();
+        let b: Vec<f32> = (0..cout).map(|_| rng.uniform() - 0.5).collect();
+        let b = g.init_f32("b", &[cout], &b).unwrap();
+        let y = g.node(
+            "Conv",
+            &[&x, &w, &b],
+            &[
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ],
+        );
+        let y = g.node("Relu", &[&y], &[]);
+        g.output(&y, ElemType::F32, &dims(cout));
+        tract_onnx::onnx()
+            .model_for_proto_model(&g.finish())
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_decluttered()
+            .unwrap()
+    }
+
+    #[test]
+    fn relu_after_a_float_conv_fuses_into_the_matmul_and_computes_the_same() {
+        // 128 px wide: the width at which tract would otherwise pick its direct convolution.
+        for (cin, cout, side, seed) in [(16, 16, 128, 3), (5, 12, 20, 4)] {
+            let model = fconv_relu_model(cin, cout, side, seed);
+            let stock = model.clone().into_optimized().unwrap();
+            let ours = optimize(model).unwrap();
+            let our_ops = ops(&ours);
+            assert!(
+                !our_ops.iter().any(|o| o.contains("ByScalar")),
+                "the activation was not fused: {our_ops:?}"
+            );
+            if cfg!(target_arch = "x86_64") {
+                assert!(
+                    !our_ops.iter().any(|o| o == "DirectSpatialConv"),
+                    "{our_ops:?}"
+                );
+            }
+            let mut rng = Rng::new(seed + 10);
+            let data: Vec<f32> = (0..cin * side * side)
+                .map(|_| rng.uniform() * 2.0 - 1.0)
+                .collect();
+            let input = Tensor::from_shape(&[1, cin, side, side], &data).unwrap();
+            let a = run(stock, &input);
+            let b = run(ours, &input);
+            let (a, b) = (
+                a.to_plain_array_view::<f32>().unwrap().to_owned(),
+                b.to_plain_array_view::<f32>().unwrap().to_owned(),
+            );
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst <= 1e-5,
+                "differs from tract's own lowering by {worst}"
+            );
+            assert!(
+                b.iter().filter(|&&v| v == 0.0).count() > b.len() / 10,
+                "no ReLU at work"
+            );
+            assert!(b.iter().all(|&v| v >= 0.0));
         }
     }
 }

@@ -27,4 +27,5 @@ pub mod source;
 pub mod synth;
 pub mod tiling;
 pub mod unet;
+pub mod upsample_fold;
 pub mod workers;

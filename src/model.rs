@@ -147,6 +147,18 @@ impl Model {
 
     /// The typed model for `[batch,1,tile,tile]` input, decluttered (not yet optimized).
     pub fn typed(&self, batch: usize, tile: usize) -> Result<TypedModel> {
+        self.typed_from(&self.proto, batch, tile)
+    }
+
+    /// The graph the runtime executes: the model's, with the decoder's upsample + concat +
+    /// convolution folded (see [`crate::upsample_fold`]).
+    fn executed_graph(&self) -> Result<pb::ModelProto> {
+        let (folded, _) = crate::upsample_fold::fold(&self.proto)
+            .with_context(|| format!("model {}: folding the decoder's upsampling", self.source))?;
+        Ok(folded)
+    }
+
+    fn typed_from(&self, proto: &pb::ModelProto, batch: usize, tile: usize) -> Result<TypedModel> {
         if batch == 0 || tile == 0 {
             bail!("batch and tile must be at least 1 (got batch {batch}, tile {tile})");
         }
@@ -169,7 +181,7 @@ impl Model {
             }
         }
         let model = tract_onnx::onnx()
-            .model_for_proto_model(&self.proto)
+            .model_for_proto_model(proto)
             .with_context(|| format!("model {}: tract could not read the graph", self.source))?
             .with_input_fact(0, f32::fact([batch, 1, tile, tile]).into())?
             .into_typed()
@@ -197,7 +209,7 @@ impl Model {
 
     /// The optimized, runnable plan for `[batch,1,tile,tile]` input.
     pub fn plan(&self, batch: usize, tile: usize) -> Result<TilePlan> {
-        let typed = self.typed(batch, tile)?;
+        let typed = self.typed_from(&self.executed_graph()?, batch, tile)?;
         let optimized = crate::plan_passes::optimize(typed)
             .with_context(|| format!("optimizing model {}", self.source))?;
         let plan = optimized.into_runnable_with_options(&RunOptions::default())?;
@@ -232,7 +244,7 @@ impl Model {
             }
         }
         let typed = tract_onnx::onnx()
-            .model_for_proto_model(&self.proto)?
+            .model_for_proto_model(&self.executed_graph()?)?
             .with_input_fact(0, f32::fact([1, 1, ph, pw]).into())?
             .into_typed()?
             .into_decluttered()?;

@@ -18,8 +18,8 @@ pub struct InstanceConfig {
 impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
-            h_abs: 1.0,
-            h_rel: 0.3,
+            h_abs: 0.5,
+            h_rel: 0.2,
             min_area: 12,
         }
     }

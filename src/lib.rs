@@ -14,6 +14,7 @@ pub mod imageio;
 pub mod instances;
 pub mod int8_ops;
 pub mod live;
+pub mod maxpool;
 pub mod metrics;
 pub mod model;
 pub mod normalize;

@@ -1,8 +1,9 @@
 //! Optimizer passes the runtime adds to tract's codegen, and the optimizer that runs them.
 //!
-//! For float models, one pass: activation hoisting (the ReLU after each convolution moves above
-//! tract's reshape so tract fuses it into the matmul), and convolutions take the im2col path on
-//! x86-64 (see [`optimize`]). The rest matter for int8 models (`unet-quantize`'s QLinearConv
+//! For float models: activation hoisting (the ReLU after each convolution moves above tract's
+//! reshape so tract fuses it into the matmul), and convolutions take the im2col path on x86-64
+//! (see [`optimize`]). For both: tract's 2x2 max pooling, which rebuilt its pooling geometry on
+//! every run, becomes [`MaxPool2x2`]. The rest matter for int8 models (`unet-quantize`'s QLinearConv
 //! graphs). tract lowers a quantized convolution to im2col + an i8 matmul, zero-point
 //! compensation `acc − k0·Σx − x0·Σk + k·x0·k0`, then requantization. On the seed U-Net that ran
 //! at 95 ms per tile, slower than f32, with the matmul itself at 7.5 ms. Per tile:
@@ -23,12 +24,15 @@
 //! computes exactly what it replaces (tested against tract's own lowering).
 
 use crate::int8_ops::{Requantize, UpsampleI8};
+use crate::maxpool::MaxPool2x2;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
+use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::NearestUpsample;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
@@ -250,6 +254,42 @@ fn hoist_activation(model: &TypedModel, node: &TypedNode) -> TractResult<Option<
     Ok(Some(patch))
 }
 
+/// tract's `OptMaxPool` with a 2x2 window, stride 2 and no padding (f32 or i8) → the project's
+/// [`MaxPool2x2`], which does not rebuild the pooling geometry on every run.
+fn swap_maxpool(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(op) = node.op_as::<OptMaxPool>() else {
+        return Ok(None);
+    };
+    let spec = &op.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
+    let unpadded = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false) => {
+            b.iter().chain(a).all(|&p| p == 0)
+        }
+        _ => false,
+    };
+    let fact = model.outlet_fact(node.inputs[0])?;
+    let dt = fact.datum_type;
+    if op.with_index_outputs.is_some()
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape[..] != [2, 2]
+        || spec.strides.as_deref() != Some(&[2, 2][..])
+        || !ones(&spec.dilations)
+        || !unpadded
+        || fact.rank() != 4
+        || !(dt == f32::datum_type() || dt.unquantized() == i8::datum_type())
+    {
+        return Ok(None);
+    }
+    Ok(Some(TypedModelPatch::replace_single_op(
+        model,
+        node,
+        &node.inputs,
+        MaxPool2x2,
+    )?))
+}
+
 /// A rewrite of one node: a patch when it applies there.
 type NodeRewrite = fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>;
 
@@ -282,8 +322,12 @@ impl TypedPass for RewritePass {
 }
 
 /// The runtime's passes, in the order they run.
-pub fn passes() -> [RewritePass; 5] {
+pub fn passes() -> [RewritePass; 6] {
     [
+        RewritePass {
+            name: "maxpool-swap",
+            rewrite: swap_maxpool,
+        },
         RewritePass {
             name: "activation-hoist",
             rewrite: hoist_activation,

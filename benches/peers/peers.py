@@ -77,6 +77,43 @@ def time_ort(sess, tiles, warmup=3):
     return statistics.median(lat)
 
 
+def ort_profile(path, runs, top=12):
+    """onnxruntime's own per-node profile of `runs` runs: ms per run by operator type, then the
+    slowest nodes (compare with `unet-edge bench --profile`)."""
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    o.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        o.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(1).random((1, 1, TILE, TILE), dtype=np.float32)
+        sess.run(None, {name: x})
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    by_op, by_node = {}, {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        op = e["args"].get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3
+        node = e["name"][: -len("_kernel_time")]
+        by_node[(node, op)] = by_node.get((node, op), 0.0) + e["dur"] / 1e3
+    # The untimed first run is in the trace too.
+    n = runs + 1
+    total = sum(by_op.values()) / n
+    print(f"onnxruntime profile of {os.path.basename(path)}: {total:.2f} ms per run in operators")
+    for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]):
+        print(f"  {ms / n:8.3f} {100 * ms / n / total:5.1f}%  {op}")
+    print("  slowest nodes:")
+    for (node, op), ms in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms / n:8.3f}  {node} [{op}]")
+
+
 def time_unet_edge(binary, model, tiles):
     out = subprocess.run([binary, "bench", "--model", model, "--tiles", str(tiles), "--json"],
                          check=True, capture_output=True, text=True).stdout
@@ -91,6 +128,8 @@ def main():
     ap.add_argument("--samples", default="samples")
     ap.add_argument("--tiles", type=int, default=60, help="timed tiles per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print onnxruntime's per-operator profile of the f32 model")
     a = ap.parse_args()
     for p in (a.model, a.int8, a.binary):
         if not os.path.exists(p):
@@ -120,6 +159,8 @@ def main():
           f"int8 {med['unet-edge int8'] / med['ort int8']:.2f}x")
     print(f"  int8 / f32: unet-edge {med['unet-edge int8'] / med['unet-edge f32']:.2f}x, "
           f"onnxruntime {med['ort int8'] / med['ort f32']:.2f}x")
+    if a.profile:
+        ort_profile(a.model, a.tiles)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ pub mod rng;
 pub mod segmenter;
 pub mod source;
 pub mod synth;
+#[cfg(test)]
+mod test_util;
 pub mod tiling;
 pub mod unet;
 pub mod upsample_fold;

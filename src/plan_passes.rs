@@ -388,6 +388,16 @@ mod tests {
 
     /// Quantize → 3x3 QLinearConv (per-channel weight scales, k0 = 0) → Dequantize, the form
     /// `unet-quantize` writes.
+    fn decluttered(g: GraphBuilder) -> TypedModel {
+        tract_onnx::onnx()
+            .model_for_proto_model(&g.finish())
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_decluttered()
+            .unwrap()
+    }
+
     fn qconv_model(cin: usize, cout: usize, seed: u64) -> TypedModel {
         let mut rng = Rng::new(seed);
         let mut g = GraphBuilder::new("q");
@@ -418,13 +428,7 @@ mod tests {
         );
         let y = g.node("DequantizeLinear", &[&y, &ys, &yz], &[]);
         g.output(&y, ElemType::F32, &dims(cout));
-        tract_onnx::onnx()
-            .model_for_proto_model(&g.finish())
-            .unwrap()
-            .into_typed()
-            .unwrap()
-            .into_decluttered()
-            .unwrap()
+        decluttered(g)
     }
 
     fn run(model: TypedModel, input: &Tensor) -> Tensor {
@@ -498,13 +502,7 @@ mod tests {
         );
         let y = g.node("Relu", &[&y], &[]);
         g.output(&y, ElemType::F32, &dims(cout));
-        tract_onnx::onnx()
-            .model_for_proto_model(&g.finish())
-            .unwrap()
-            .into_typed()
-            .unwrap()
-            .into_decluttered()
-            .unwrap()
+        decluttered(g)
     }
 
     #[test]
@@ -538,11 +536,7 @@ mod tests {
                 a.to_plain_array_view::<f32>().unwrap().to_owned(),
                 b.to_plain_array_view::<f32>().unwrap().to_owned(),
             );
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let worst = crate::test_util::max_abs_diff(&a, &b);
             assert!(
                 worst <= 1e-5,
                 "differs from tract's own lowering by {worst}"

@@ -443,11 +443,7 @@ mod tests {
             .unwrap()
             .meta;
         assert_eq!(meta.channels, ["foreground", "core"]);
-        let max = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max = crate::test_util::max_abs_diff(got, &want);
         assert!(max <= 1e-4, "max abs diff {max}");
         // The output must not be a constant, or the comparison proves little.
         let spread = want.iter().copied().fold(f32::MIN, f32::max)

@@ -364,11 +364,7 @@ mod tests {
                 a.to_plain_array_view::<f32>().unwrap().to_owned(),
                 b.to_plain_array_view::<f32>().unwrap().to_owned(),
             );
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let worst = crate::test_util::max_abs_diff(&a, &b);
             assert!(worst < 1e-5, "folded graph differs by {worst}");
             let spread = a.iter().fold(0.0f32, |m, &v| m.max((v - 0.5).abs()));
             assert!(spread > 1e-3, "degenerate test: flat output");
@@ -414,11 +410,7 @@ mod tests {
         runner.input_mut().copy_from_slice(&x);
         let folded = runner.run().unwrap();
         let original = original.to_plain_array_view::<f32>().unwrap().to_owned();
-        let worst = original
-            .iter()
-            .zip(folded)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let worst = crate::test_util::max_abs_diff(&original, folded);
         assert!(worst <= 1e-4, "folded plan differs by {worst}");
         assert!(original.iter().any(|&p| p > 0.5) && original.iter().any(|&p| p < 0.5));
     }

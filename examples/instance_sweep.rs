@@ -2,8 +2,9 @@
 //! `min_area`, on synthetic frames (model mask, and the true mask as the separation step's own
 //! ceiling) and on the shipped real image. Tune on seeds apart from the held-out ones.
 //!
-//! `cargo run --release --example instance_sweep -- [COUNT] [FIRST_SEED]` (default 24 frames of
-//! 256x256 from seed 950000; the held-out set of `instance_diag` starts at 900000).
+//! `cargo run --release --example instance_sweep -- [COUNT] [FIRST_SEED] [MODEL.onnx]` (default
+//! 24 frames of 256x256 from seed 950000 and the embedded model; the held-out set of
+//! `instance_diag` starts at 900000).
 
 use anyhow::Result;
 use std::path::Path;
@@ -39,7 +40,10 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let count: u64 = args.get(1).map_or(Ok(24), |s| s.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(950_000), |s| s.parse())?;
-    let model = Model::load(None)?;
+    let model = match args.get(3) {
+        Some(p) => Model::from_path(Path::new(p))?,
+        None => Model::load(None)?,
+    };
     let cfg = SegmentConfig {
         threads: 2,
         ..SegmentConfig::for_model(&model)

@@ -125,6 +125,40 @@ impl Scores {
     }
 }
 
+/// Unweighted means over images, the way the DSB2018 competition ranked (its score is the mean
+/// over test images of each image's score): an image with few nuclei counts as much as a crowded
+/// one, whereas the pooled [`Scores`] of a set are dominated by its most crowded images.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ImageMean {
+    /// Images averaged.
+    pub images: usize,
+    /// Mean pixel Dice.
+    pub pixel_dice: f64,
+    /// Mean F1 at IoU 0.5.
+    #[serde(rename = "f1_at_0.5")]
+    pub f1_at_05: f64,
+    /// Mean DSB2018 score: the competition's figure.
+    pub dsb2018_score: f64,
+}
+
+impl ImageMean {
+    /// Means of the per-image scores.
+    pub fn of<'a>(scores: impl IntoIterator<Item = &'a Scores>) -> ImageMean {
+        let mut m = ImageMean::default();
+        for s in scores {
+            m.images += 1;
+            m.pixel_dice += s.pixel_dice;
+            m.f1_at_05 += s.f1_at_05;
+            m.dsb2018_score += s.dsb2018_score;
+        }
+        let n = m.images.max(1) as f64;
+        m.pixel_dice /= n;
+        m.f1_at_05 /= n;
+        m.dsb2018_score /= n;
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +225,26 @@ mod tests {
         assert_eq!(s.precision, 0.0);
         let s = Scores::compare(&empty, &empty);
         assert_eq!((s.pixel_dice, s.f1_at_05, s.dsb2018_score), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn image_mean_weighs_images_equally_where_pooling_weighs_nuclei() {
+        let truth = two_squares(1, 2);
+        let perfect = Scores::compare(&truth, &truth);
+        // A crowded image with one of its ten nuclei found.
+        let (w, h) = (40, 4);
+        let many: Vec<u32> = (0..w * h).map(|i| (i % w / 4) as u32 + 1).collect();
+        let one: Vec<u32> = many.iter().map(|&l| if l == 1 { 1 } else { 0 }).collect();
+        let crowded = Scores::compare(&one, &many);
+        assert_eq!((crowded.tp, crowded.fn_), (1, 9));
+        let m = ImageMean::of([&perfect, &crowded]);
+        assert_eq!(m.images, 2);
+        assert!((m.f1_at_05 - (1.0 + 2.0 / 11.0) / 2.0).abs() < 1e-12);
+        assert!((m.dsb2018_score - (1.0 + 0.1) / 2.0).abs() < 1e-12);
+        let mut pooled = perfect.clone();
+        pooled.accumulate(&crowded);
+        assert!((pooled.f1_at_05 - 6.0 / 15.0).abs() < 1e-12);
+        assert_eq!(ImageMean::of([]), ImageMean::default());
     }
 
     #[test]

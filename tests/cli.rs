@@ -292,6 +292,11 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
         let v = e["overall"][k].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }
+    // One image: the mean over images is that image's score.
+    assert_eq!(e["image_mean"]["images"], 1);
+    for k in ["pixel_dice", "f1_at_0.5", "dsb2018_score"] {
+        assert_eq!(e["image_mean"][k], e["images"][0][k], "{k}");
+    }
 
     // A prediction without ground truth is an error naming it; the others are still scored.
     save_gray16(&perfect.join("orphan.labels.png"), 4, 4, vec![0; 16]).unwrap();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use unet_edge::imageio::{find_truth, labels_of, load_gray};
 use unet_edge::instances::connected_components;
-use unet_edge::metrics::Scores;
+use unet_edge::metrics::{ImageMean, Scores};
 
 /// Options of `eval`.
 #[derive(Args, Debug)]
@@ -19,7 +19,7 @@ pub struct EvalArgs {
     /// (one mask per nucleus).
     #[arg(long, value_name = "DIR")]
     truth: PathBuf,
-    /// Print one JSON object (`overall` and `images`) instead of a table.
+    /// Print one JSON object (`overall`, `image_mean` and `images`) instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -119,6 +119,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     if images.is_empty() {
         bail!("no prediction in {} could be scored", a.pred.display());
     }
+    let mean = ImageMean::of(images.iter().map(|(_, s)| s));
     if a.json {
         let imgs: Vec<serde_json::Value> = images
             .iter()
@@ -130,7 +131,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"overall": overall, "images": imgs})
+            serde_json::json!({"overall": overall, "image_mean": mean, "images": imgs})
         );
     } else {
         println!(
@@ -140,7 +141,20 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         for (n, s) in &images {
             println!("{}", row(n, s));
         }
-        println!("{}", row("OVERALL", &overall));
+        println!("{}", row("OVERALL (pooled)", &overall));
+        println!(
+            "{:<28} {:>6.3} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>6.3} {:>6.3}",
+            "MEAN OF IMAGES",
+            mean.pixel_dice,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            mean.f1_at_05,
+            mean.dsb2018_score
+        );
     }
     Ok(if failures > 0 { 1 } else { 0 })
 }

@@ -193,12 +193,14 @@ pub struct Example {
 }
 
 /// Cuts and augments a `tile`x`tile` example from `s`; `border` = (w0, sigma) of Ronneberger's
-/// separation weight, `None` for uniform weights.
+/// separation weight, `None` for uniform weights; `gap` makes the pixels where two nuclei touch
+/// background in the foreground target (see [`separate_touching`]).
 pub fn make_example(
     s: &Sample,
     aug: &Augment,
     rng: &mut Rng,
     border: Option<(f32, f32)>,
+    gap: bool,
 ) -> Example {
     let t = aug.tile;
     let (w, h) = (s.width as f32, s.height as f32);
@@ -277,12 +279,15 @@ pub fn make_example(
             *p += sd * rng.normal();
         }
     }
+    let c = unet_edge::instances::core_target(&labels, t, t);
+    if gap {
+        separate_touching(&mut labels, t, t);
+    }
     let y: Vec<f32> = labels.iter().map(|&l| f32::from(l > 0)).collect();
     let wts = match border {
         Some((w0, sigma)) => border_weights(&labels, t, t, w0, sigma),
         None => vec![1.0; t * t],
     };
-    let c = unet_edge::instances::core_target(&labels, t, t);
     Example {
         x: img,
         y,
@@ -328,6 +333,30 @@ fn displacement(rng: &mut Rng, t: usize, sigma: f32) -> (Vec<f32>, Vec<f32>) {
         out
     };
     (up(&gx), up(&gy))
+}
+
+/// Ronneberger's separation of touching objects: every pixel with a 4-neighbour of another
+/// nucleus becomes background, a 2-px gap along each contact. Without it the border weight has no
+/// background pixel to act on where nuclei touch, and the net learns to merge them.
+pub fn separate_touching(labels: &mut [u16], w: usize, h: usize) {
+    let touching = |i: usize| {
+        let l = labels[i];
+        let (x, y) = (i % w, i / w);
+        l != 0
+            && [
+                (x > 0).then(|| i - 1),
+                (x + 1 < w).then(|| i + 1),
+                (y > 0).then(|| i - w),
+                (y + 1 < h).then(|| i + w),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|j| labels[j] != 0 && labels[j] != l)
+    };
+    let seam: Vec<usize> = (0..w * h).filter(|&i| touching(i)).collect();
+    for i in seam {
+        labels[i] = 0;
+    }
 }
 
 /// Ronneberger's weight map: `1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))` on background pixels,
@@ -439,6 +468,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn touching_nuclei_get_a_two_pixel_gap_and_lone_ones_stay_whole() {
+        let (w, h) = (20, 8);
+        let mut l = vec![0u16; w * h];
+        for y in 2..6 {
+            for x in 2..8 {
+                l[y * w + x] = 1;
+            }
+            for x in 8..12 {
+                l[y * w + x] = 2;
+            }
+            for x in 15..18 {
+                l[y * w + x] = 3;
+            }
+        }
+        separate_touching(&mut l, w, h);
+        for y in 2..6 {
+            assert_eq!(
+                &l[y * w..y * w + 13],
+                &[0, 0, 1, 1, 1, 1, 1, 0, 0, 2, 2, 2, 0]
+            );
+            assert_eq!(&l[y * w + 15..y * w + 18], &[3, 3, 3]);
+        }
+    }
+
+    #[test]
     fn border_weights_peak_between_touching_nuclei() {
         // Two squares two pixels apart: the gap gets a high weight, far background ~1.
         let (w, h) = (20, 10);
@@ -466,7 +520,7 @@ mod tests {
             elastic: (0.0, 0.0),
             enabled: false,
         };
-        let e = make_example(&s, &aug, &mut Rng::new(0), None);
+        let e = make_example(&s, &aug, &mut Rng::new(0), None, false);
         let same =
             e.y.iter()
                 .zip(&s.labels)
@@ -479,6 +533,18 @@ mod tests {
         let core: f32 = e.c.iter().sum();
         let fg: f32 = e.y.iter().sum();
         assert!(core > 0.1 * fg && core < 0.6 * fg, "core {core} of {fg}");
+
+        // With the gap, exactly the touching pixels leave the foreground, and they weigh most.
+        let g = make_example(&s, &aug, &mut Rng::new(0), Some((5.0, 3.0)), true);
+        let mut gapped = s.labels.clone();
+        separate_touching(&mut gapped, 128, 128);
+        let cut: Vec<usize> = (0..128 * 128)
+            .filter(|&i| s.labels[i] > 0 && gapped[i] == 0)
+            .collect();
+        assert!(cut.len() > 20, "seed 5 has touching nuclei: {}", cut.len());
+        assert!(g.y.iter().zip(&gapped).all(|(y, l)| (*y > 0.5) == (*l > 0)));
+        assert!(cut.iter().all(|&i| g.w[i] > 4.0));
+        assert_eq!(g.c, e.c, "the core target keeps the whole nuclei");
     }
 
     #[test]

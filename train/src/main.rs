@@ -73,6 +73,11 @@ enum Command {
         /// Weight of the core channel's loss (BCE + soft Dice).
         #[arg(long, default_value_t = 1.0)]
         core_weight: f32,
+        /// Ronneberger's separation: pixels where two nuclei touch are background in the
+        /// foreground target (a 2-px gap), so the border weight acts there and the net learns to
+        /// cut touching nuclei apart (see the model card for what it measured so far).
+        #[arg(long)]
+        gap: bool,
         /// Start from the best weights of another run (same base/depth; the head grows to
         /// --outputs), e.g. to fine-tune a foreground net for the core channel.
         #[arg(long, value_name = "RUN", conflicts_with = "resume")]
@@ -151,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             outputs,
             core_weight,
+            gap,
             init_from,
             resume,
         } => {
@@ -170,6 +176,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 outputs,
                 core_weight,
+                gap,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -53,6 +53,9 @@ pub struct TrainConfig {
     /// Weight of the core channel's loss.
     #[serde(default)]
     pub core_weight: f32,
+    /// Where nuclei touch, the foreground target has a background gap (Ronneberger's separation).
+    #[serde(default)]
+    pub gap: bool,
 }
 
 fn one() -> usize {
@@ -300,7 +303,7 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
         };
         let mut rng = Rng::new(cfg.seed ^ 1);
         let val = (0..cfg.val_images as u64)
-            .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, border))
+            .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, border, cfg.gap))
             .collect();
         return Ok((train, val));
     }
@@ -318,7 +321,7 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
     let mut rng = Rng::new(cfg.seed ^ 1);
     let val = val_samples
         .iter()
-        .map(|s| make_example(s, &val_aug, &mut rng, border))
+        .map(|s| make_example(s, &val_aug, &mut rng, border, cfg.gap))
         .collect();
     Ok((Dataset::Folder(samples), val))
 }
@@ -439,7 +442,7 @@ pub fn train(
                     Some(n) => rng.below(n) as u64,
                     None => idx,
                 };
-                make_example(&data.get(pick), &aug, &mut rng, border)
+                make_example(&data.get(pick), &aug, &mut rng, border, cfg.gap)
             })
             .collect();
         let (x, y, c, w) = batch(&examples, cfg.tile, &device);
@@ -610,6 +613,7 @@ mod tests {
             seed: 1,
             outputs: 2,
             core_weight: 1.0,
+            gap: false,
         }
     }
 

@@ -18,8 +18,8 @@ pub struct InstanceConfig {
 impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
-            h_abs: 0.5,
-            h_rel: 0.2,
+            h_abs: 1.0,
+            h_rel: 0.1,
             min_area: 12,
         }
     }
@@ -555,8 +555,8 @@ mod tests {
         // transform has one peak and they merge.
         let (w, h) = (80, 40);
         let mut mask = vec![0u8; w * h];
-        disk(&mut mask, w, 32.0, 20.0, 11.0);
-        disk(&mut mask, w, 46.0, 20.0, 11.0);
+        disk(&mut mask, w, 35.0, 20.0, 11.0);
+        disk(&mut mask, w, 45.0, 20.0, 11.0);
         let intensity = vec![1.0; w * h];
         let mut inst = Instances::new();
         let cfg = InstanceConfig::default();
@@ -565,7 +565,7 @@ mod tests {
         let mut labels = vec![0u32; w * h];
         for (i, l) in labels.iter_mut().enumerate() {
             if mask[i] != 0 {
-                *l = if i % w < 39 { 1 } else { 2 };
+                *l = if i % w < 40 { 1 } else { 2 };
             }
         }
         let core = core_target(&labels, w, h);

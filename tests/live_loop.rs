@@ -260,6 +260,10 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
         &model,
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("none"));
+    // The live loop takes segment's instance options, checked before anything starts.
+    let o = util::run(&["--input", "synth:64x64", "--split-px=-1", "--model", &model]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--split-px -1 is outside 0..100 px"));
 }
 
 #[test]

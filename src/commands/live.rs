@@ -88,6 +88,8 @@ pub struct LiveArgs {
     #[arg(long, value_name = "N")]
     pub alert_count: Option<usize>,
     #[command(flatten)]
+    pub nuclei: super::segment::NucleiArgs,
+    #[command(flatten)]
     pub run: RunArgs,
 }
 
@@ -186,6 +188,7 @@ pub fn run(a: LiveArgs) -> Result<i32> {
     if a.list_cameras {
         return list_cameras();
     }
+    let instances = a.nuclei.config()?;
     let (model, cfg) = super::load(&a.run, a.threshold)?;
     let mut seg = Segmenter::new(&model, cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -225,6 +228,7 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         max_frames: a.max_frames,
         save_every,
         preview,
+        instances,
         ..Default::default()
     };
     let mut pins = open_pins(&a)?;

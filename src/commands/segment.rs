@@ -37,6 +37,10 @@ pub struct NucleiArgs {
     /// than the neck between them (higher = fewer splits).
     #[arg(long, value_name = "F", default_value_t = InstanceConfig::default().h_rel)]
     pub split: f32,
+    /// ... and at least this many pixels thicker (the floor that keeps small nuclei, whose radius
+    /// is a few pixels, from splitting on noise).
+    #[arg(long, value_name = "PX", default_value_t = InstanceConfig::default().h_abs)]
+    pub split_px: f32,
 }
 
 impl NucleiArgs {
@@ -45,10 +49,13 @@ impl NucleiArgs {
         if !(0.0..=1.0).contains(&self.split) {
             bail!("--split {} is outside 0..1", self.split);
         }
+        if !(0.0..=100.0).contains(&self.split_px) {
+            bail!("--split-px {} is outside 0..100 px", self.split_px);
+        }
         Ok(InstanceConfig {
             min_area: self.min_area,
             h_rel: self.split,
-            ..InstanceConfig::default()
+            h_abs: self.split_px,
         })
     }
 }

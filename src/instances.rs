@@ -42,6 +42,23 @@ pub struct Nucleus {
     pub bbox: [u32; 4],
     /// Whether the nucleus touches the frame border (likely cut off).
     pub touches_border: bool,
+    /// Full length of the major axis of the ellipse with the same second moments, px.
+    pub major_axis: f32,
+    /// Full length of its minor axis, px.
+    pub minor_axis: f32,
+    /// Angle of the major axis from the image x axis, degrees in (-90, 90], y pointing down.
+    pub orientation_deg: f32,
+}
+
+impl Nucleus {
+    /// Eccentricity of the same-moments ellipse: 0 for a disk, towards 1 for elongated nuclei.
+    pub fn eccentricity(&self) -> f32 {
+        if self.major_axis <= 0.0 {
+            return 0.0;
+        }
+        let r = self.minor_axis / self.major_axis;
+        (1.0 - r * r).max(0.0).sqrt()
+    }
 }
 
 /// Reusable instance segmenter.
@@ -57,6 +74,8 @@ pub struct Instances {
     peak: Vec<f32>,
     area: Vec<u32>,
     remap: Vec<u32>,
+    /// Per nucleus, pixel sums of x², y² and xy about the first pixel seen (f64: frames are large).
+    moments: Vec<[f64; 5]>,
     f: Vec<f32>,
     v: Vec<usize>,
     z: Vec<f32>,
@@ -96,6 +115,7 @@ impl Instances {
         self.bucket
             .resize((m as f32 * LEVELS_PER_PX) as usize + 2, 0);
         self.nuclei.reserve(n / 64 + 16);
+        self.moments.reserve(n / 64 + 16);
     }
 
     /// Labels nuclei in `mask` (non-zero = foreground); `intensity` feeds the measurements.
@@ -268,6 +288,7 @@ impl Instances {
     fn measure(&mut self, intensity: &[f32], min_area: usize) {
         let (w, h) = (self.width, self.height);
         self.nuclei.clear();
+        self.moments.clear();
         for r in self.remap.iter_mut() {
             *r = 0;
         }
@@ -292,7 +313,13 @@ impl Instances {
                         mean_intensity: 0.0,
                         bbox: [u32::MAX, u32::MAX, 0, 0],
                         touches_border: false,
+                        major_axis: 0.0,
+                        minor_axis: 0.0,
+                        orientation_deg: 0.0,
                     });
+                    // Moments about the nucleus's first pixel keep the sums small.
+                    let (x0, y0) = ((i % w) as f64, (i / w) as f64);
+                    self.moments.push([x0, y0, 0.0, 0.0, 0.0]);
                 }
             }
             let id = self.remap[slot];
@@ -316,12 +343,33 @@ impl Instances {
             if x == 0 || y == 0 || x as usize + 1 == w || y as usize + 1 == h {
                 n.touches_border = true;
             }
+            let m = &mut self.moments[id as usize - 1];
+            let (dx, dy) = (x as f64 - m[0], y as f64 - m[1]);
+            m[2] += dx * dx;
+            m[3] += dy * dy;
+            m[4] += dx * dy;
         }
-        for n in &mut self.nuclei {
+        for (n, m) in self.nuclei.iter_mut().zip(&self.moments) {
             let a = n.area as f32;
             n.cx /= a;
             n.cy /= a;
             n.mean_intensity /= a;
+            // Central second moments from the sums about the first pixel; a pixel is a unit
+            // square, hence the 1/12 (a 1-px line gets a minor axis of 1, not 0).
+            let af = f64::from(n.area);
+            let (mx, my) = (f64::from(n.cx) - m[0], f64::from(n.cy) - m[1]);
+            let cxx = m[2] / af - mx * mx + 1.0 / 12.0;
+            let cyy = m[3] / af - my * my + 1.0 / 12.0;
+            let cxy = m[4] / af - mx * my;
+            let mean = (cxx + cyy) / 2.0;
+            let half = (((cxx - cyy) / 2.0).powi(2) + cxy * cxy).sqrt();
+            n.major_axis = (4.0 * (mean + half).max(0.0).sqrt()) as f32;
+            n.minor_axis = (4.0 * (mean - half).max(0.0).sqrt()) as f32;
+            let mut deg = (0.5 * (2.0 * cxy).atan2(cxx - cyy)).to_degrees() as f32;
+            if deg <= -90.0 {
+                deg += 180.0;
+            }
+            n.orientation_deg = deg;
         }
     }
 }
@@ -624,5 +672,49 @@ mod tests {
         assert!((n.mean_intensity - 2.0).abs() < 1e-6);
         assert!(n.touches_border);
         assert_eq!(inst.labels()[15 * w + 20], 0);
+        // A 5x4 block: wider than tall, axis along x; pixels count as unit squares.
+        assert!((n.major_axis - 4.0 * (25.0f32 / 12.0).sqrt()).abs() < 1e-4);
+        assert!((n.minor_axis - 4.0 * (16.0f32 / 12.0).sqrt()).abs() < 1e-4);
+        assert_eq!(n.orientation_deg, 0.0);
+    }
+
+    #[test]
+    fn shape_of_a_rotated_ellipse() {
+        let (w, h) = (64, 64);
+        let mut mask = vec![0u8; w * h];
+        let (c, s) = (30f32.to_radians().cos(), 30f32.to_radians().sin());
+        for (i, m) in mask.iter_mut().enumerate() {
+            let (dx, dy) = ((i % w) as f32 - 31.5, (i / w) as f32 - 30.0);
+            let (u, v) = (dx * c + dy * s, -dx * s + dy * c);
+            if (u / 12.0).powi(2) + (v / 6.0).powi(2) <= 1.0 {
+                *m = 1;
+            }
+        }
+        let mut inst = Instances::new();
+        let intensity = vec![1.0; w * h];
+        assert_eq!(
+            inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default()),
+            1
+        );
+        let n = inst.nuclei()[0];
+        assert!((n.major_axis - 24.0).abs() < 0.5, "{}", n.major_axis);
+        assert!((n.minor_axis - 12.0).abs() < 0.5, "{}", n.minor_axis);
+        // y points down, so +30 degrees turns the axis from +x towards +y.
+        assert!(
+            (n.orientation_deg - 30.0).abs() < 1.5,
+            "{}",
+            n.orientation_deg
+        );
+        assert!((n.eccentricity() - 0.866).abs() < 0.02);
+        assert!(!n.touches_border);
+        // Moments do not depend on where in the frame the nucleus sits.
+        let mut shifted = vec![0u8; w * h];
+        for y in 0..h - 2 {
+            shifted[(y + 2) * w + 1..(y + 3) * w].copy_from_slice(&mask[y * w..(y + 1) * w - 1]);
+        }
+        inst.run(&shifted, None, &intensity, w, h, &InstanceConfig::default());
+        let m = inst.nuclei()[0];
+        assert!((m.major_axis - n.major_axis).abs() < 1e-4);
+        assert!((m.orientation_deg - n.orientation_deg).abs() < 1e-3);
     }
 }

@@ -259,7 +259,18 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
     let n = j["nuclei"].as_u64().unwrap() as usize;
     let csv = std::fs::read_to_string(out.join("a.nuclei.csv")).unwrap();
     assert!(csv.starts_with("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0"));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",major_axis_px,minor_axis_px,orientation_deg,eccentricity"));
     assert_eq!(csv.lines().count(), n + 1, "one row per nucleus");
+    for row in csv.lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        assert_eq!(f.len(), 14, "{row}");
+        let (major, minor): (f32, f32) = (f[10].parse().unwrap(), f[11].parse().unwrap());
+        assert!(major >= minor && minor > 0.0, "{row}");
+    }
     let labels = image::open(out.join("a.labels.png")).unwrap().to_luma16();
     assert_eq!(*labels.pixels().map(|p| &p.0[0]).max().unwrap() as usize, n);
 

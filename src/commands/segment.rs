@@ -164,10 +164,10 @@ fn segment_one(
 
 /// The per-nucleus table.
 fn nuclei_csv(nuclei: &[Nucleus]) -> String {
-    let mut s = String::from("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0,bbox_y0,bbox_x1,bbox_y1,touches_border\n");
+    let mut s = String::from("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0,bbox_y0,bbox_x1,bbox_y1,touches_border,major_axis_px,minor_axis_px,orientation_deg,eccentricity\n");
     for n in nuclei {
         s.push_str(&format!(
-            "{},{:.2},{:.2},{},{:.3},{},{},{},{},{}\n",
+            "{},{:.2},{:.2},{},{:.3},{},{},{},{},{},{:.2},{:.2},{:.1},{:.3}\n",
             n.id,
             n.cx,
             n.cy,
@@ -177,7 +177,11 @@ fn nuclei_csv(nuclei: &[Nucleus]) -> String {
             n.bbox[1],
             n.bbox[2],
             n.bbox[3],
-            n.touches_border
+            n.touches_border,
+            n.major_axis,
+            n.minor_axis,
+            n.orientation_deg,
+            n.eccentricity()
         ));
     }
     s

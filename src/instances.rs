@@ -61,6 +61,19 @@ impl Nucleus {
     }
 }
 
+/// Frame-level statistics of the nuclei found, for the per-frame JSON lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Nuclei found.
+    pub count: usize,
+    /// Nuclei that do not touch the frame border (whole ones, the count to compare across frames).
+    pub whole: usize,
+    /// Mean area of the whole nuclei, px (0 without any).
+    pub mean_area: f32,
+    /// Mean over the whole nuclei of their mean raw intensity (0 without any).
+    pub mean_intensity: f32,
+}
+
 /// Reusable instance segmenter.
 #[derive(Default)]
 pub struct Instances {
@@ -156,6 +169,24 @@ impl Instances {
     /// The nuclei of the last run, by label.
     pub fn nuclei(&self) -> &[Nucleus] {
         &self.nuclei
+    }
+
+    /// Statistics of the last run's nuclei; cut-off nuclei count but do not enter the means.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            count: self.nuclei.len(),
+            ..Summary::default()
+        };
+        for n in self.nuclei.iter().filter(|n| !n.touches_border) {
+            s.whole += 1;
+            s.mean_area += n.area as f32;
+            s.mean_intensity += n.mean_intensity;
+        }
+        if s.whole > 0 {
+            s.mean_area /= s.whole as f32;
+            s.mean_intensity /= s.whole as f32;
+        }
+        s
     }
 
     /// Exact squared-Euclidean distance to the background (Felzenszwalb & Huttenlocher), then sqrt.
@@ -672,6 +703,9 @@ mod tests {
         assert!((n.mean_intensity - 2.0).abs() < 1e-6);
         assert!(n.touches_border);
         assert_eq!(inst.labels()[15 * w + 20], 0);
+        // The only nucleus is cut by the border: counted, but not whole.
+        let sm = inst.summary();
+        assert_eq!((sm.count, sm.whole, sm.mean_area), (1, 0, 0.0));
         // A 5x4 block: wider than tall, axis along x; pixels count as unit squares.
         assert!((n.major_axis - 4.0 * (25.0f32 / 12.0).sqrt()).abs() < 1e-4);
         assert!((n.minor_axis - 4.0 * (16.0f32 / 12.0).sqrt()).abs() < 1e-4);
@@ -707,6 +741,9 @@ mod tests {
         );
         assert!((n.eccentricity() - 0.866).abs() < 0.02);
         assert!(!n.touches_border);
+        let sm = inst.summary();
+        assert_eq!((sm.count, sm.whole), (1, 1));
+        assert_eq!((sm.mean_area, sm.mean_intensity), (n.area as f32, 1.0));
         // Moments do not depend on where in the frame the nucleus sits.
         let mut shifted = vec![0u8; w * h];
         for y in 0..h - 2 {

@@ -236,6 +236,7 @@ where
                 front.height,
                 &cfg.instances,
             );
+            let summary = inst.summary();
             pins.count(nuclei);
             pins.busy(false);
             if let Some(p) = &cfg.preview {
@@ -253,7 +254,7 @@ where
             line.clear();
             let _ = writeln!(
                     line,
-                    "{{\"timestamp\":{ts:.3},\"frame\":{},\"width\":{},\"height\":{},\"tiles\":{},\"ms_per_tile_p50\":{:.3},\"ms_per_tile_max\":{:.3},\"frame_ms\":{:.3},\"latency_ms\":{latency:.3},\"nuclei\":{nuclei},\"foreground_fraction\":{:.4},\"dropped\":{},\"corrupt\":{}}}",
+                    "{{\"timestamp\":{ts:.3},\"frame\":{},\"width\":{},\"height\":{},\"tiles\":{},\"ms_per_tile_p50\":{:.3},\"ms_per_tile_max\":{:.3},\"frame_ms\":{:.3},\"latency_ms\":{latency:.3},\"nuclei\":{nuclei},\"nuclei_whole\":{},\"mean_area_px\":{:.1},\"mean_intensity\":{:.3},\"foreground_fraction\":{:.4},\"dropped\":{},\"corrupt\":{}}}",
                     front.index,
                     front.width,
                     front.height,
@@ -261,6 +262,9 @@ where
                     timing.ms_per_tile_p50,
                     timing.ms_per_tile_max,
                     timing.frame_ms,
+                    summary.whole,
+                    summary.mean_area,
+                    summary.mean_intensity,
                     seg.foreground_fraction(),
                     shared.dropped.load(Ordering::Relaxed),
                     shared.corrupt.load(Ordering::Relaxed),

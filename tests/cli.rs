@@ -257,6 +257,8 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
     ]);
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let n = j["nuclei"].as_u64().unwrap() as usize;
+    assert!(j["nuclei_whole"].as_u64().unwrap() as usize <= n);
+    assert!(j["mean_area_px"].as_f64().unwrap() >= 0.0);
     let csv = std::fs::read_to_string(out.join("a.nuclei.csv")).unwrap();
     assert!(csv.starts_with("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0"));
     assert!(csv

@@ -76,12 +76,25 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
         "ms_per_tile_max",
         "latency_ms",
         "nuclei",
+        "nuclei_whole",
+        "mean_area_px",
+        "mean_intensity",
         "foreground_fraction",
         "dropped",
     ] {
         assert!(lines[50].get(k).is_some(), "missing {k}: {}", lines[50]);
     }
     assert!(lines.iter().any(|l| l["nuclei"].as_u64().unwrap() > 0));
+    // Whole nuclei are a subset, and their mean area is that of real objects when there are any.
+    for l in &lines {
+        let (n, whole) = (
+            l["nuclei"].as_u64().unwrap(),
+            l["nuclei_whole"].as_u64().unwrap(),
+        );
+        assert!(whole <= n, "{l}");
+        let area = l["mean_area_px"].as_f64().unwrap();
+        assert!(if whole > 0 { area >= 1.0 } else { area == 0.0 }, "{l}");
+    }
     // The counter does count in this binary (so the zero above means something).
     counting::start();
     let v = std::hint::black_box(vec![1u8; 64]);

@@ -123,6 +123,7 @@ fn segment_one(
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
     let count = inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
+    let summary = inst.summary();
     let name = stem(path);
     let prob: Vec<u8> = seg
         .prob()
@@ -156,6 +157,9 @@ fn segment_one(
         "frame_ms": round3(timing.frame_ms),
         "foreground_fraction": round3(seg.foreground_fraction()),
         "nuclei": count,
+        "nuclei_whole": summary.whole,
+        "mean_area_px": round3(summary.mean_area),
+        "mean_intensity": round3(summary.mean_intensity),
         "mask": mask_path.display().to_string(),
     });
     println!("{line}");

@@ -87,7 +87,8 @@ pub struct Instances {
     peak: Vec<f32>,
     area: Vec<u32>,
     remap: Vec<u32>,
-    /// Per nucleus, pixel sums of x², y² and xy about the first pixel seen (f64: frames are large).
+    /// Per nucleus: its first pixel's x and y, then the sums of dx², dy² and dx·dy about that
+    /// pixel (f64, and about a nearby origin, so large frames lose no precision).
     moments: Vec<[f64; 5]>,
     f: Vec<f32>,
     v: Vec<usize>,

@@ -68,10 +68,11 @@ fn by_size(pred: &[u32], truth: &[u32], rec: &mut [(usize, usize)], prec: &mut [
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model = match args.get(1).filter(|a| a.as_str() != "-") {
-        Some(p) => Model::from_path(std::path::Path::new(p))?,
-        None => Model::load(None)?,
-    };
+    let model = Model::load(
+        args.get(1)
+            .filter(|a| a.as_str() != "-")
+            .map(std::path::Path::new),
+    )?;
     let count: u64 = args.get(2).map_or(Ok(40), |s| s.parse())?;
     let seed: u64 = args.get(3).map_or(Ok(900_000), |s| s.parse())?;
     let cfg = SegmentConfig {

@@ -40,10 +40,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let count: u64 = args.get(1).map_or(Ok(24), |s| s.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(950_000), |s| s.parse())?;
-    let model = match args.get(3) {
-        Some(p) => Model::from_path(Path::new(p))?,
-        None => Model::load(None)?,
-    };
+    let model = Model::load(args.get(3).map(Path::new))?;
     let cfg = SegmentConfig {
         threads: 2,
         ..SegmentConfig::for_model(&model)

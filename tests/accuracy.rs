@@ -25,15 +25,7 @@ fn scores_on_real_sample(model: Option<&str>) -> (f64, f64, f64) {
     }
     util::run_ok(&args);
     let truth = root.join("samples/truth");
-    let e = util::run_ok(&[
-        "eval",
-        "--pred",
-        out.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--json",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    let e = util::eval_json(&out, &truth);
     let o = &e["overall"];
     let get = |k: &str| o[k].as_f64().unwrap();
     (get("pixel_dice"), get("f1_at_0.5"), get("dsb2018_score"))

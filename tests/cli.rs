@@ -280,27 +280,11 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
     let perfect = dir.path().join("perfect");
     std::fs::create_dir_all(&perfect).unwrap();
     save_gray16(&perfect.join("a.labels.png"), 96, 80, s.labels.clone()).unwrap();
-    let e = util::run_ok(&[
-        "eval",
-        "--pred",
-        perfect.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--json",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    let e = util::eval_json(&perfect, &truth);
     assert_eq!(e["overall"]["pixel_dice"], 1.0);
     assert_eq!(e["overall"]["dsb2018_score"], 1.0);
     assert_eq!(e["images"][0]["name"], "a");
-    let e = util::run_ok(&[
-        "eval",
-        "--pred",
-        out.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--json",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    let e = util::eval_json(&out, &truth);
     for k in ["pixel_dice", "pixel_iou", "f1_at_0.5", "dsb2018_score"] {
         let v = e["overall"][k].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
@@ -347,15 +331,7 @@ fn eval_reads_dsb2018_mask_folders() {
     unet_edge::imageio::save_gray8(&masks.join("m1.png"), w, h, a).unwrap();
     unet_edge::imageio::save_gray8(&masks.join("m2.png"), w, h, b).unwrap();
     save_gray16(&pred.join("img1.labels.png"), w, h, labels).unwrap();
-    let e = util::run_ok(&[
-        "eval",
-        "--pred",
-        pred.to_str().unwrap(),
-        "--truth",
-        dir.path().join("truth").to_str().unwrap(),
-        "--json",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    let e = util::eval_json(&pred, &dir.path().join("truth"));
     assert_eq!(e["overall"]["tp"], 2);
     assert_eq!(e["overall"]["f1_at_0.5"], 1.0);
 }

@@ -86,6 +86,19 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Runs `eval --json` on a predictions and a truth directory and returns its parsed object.
+pub fn eval_json(pred: &Path, truth: &Path) -> serde_json::Value {
+    let out = run_ok(&[
+        "eval",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+    ]);
+    serde_json::from_str(out.trim()).expect("eval --json prints one JSON object")
+}
+
 /// Writes a file and returns its path as a String.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);

@@ -21,16 +21,49 @@ pub enum Dataset {
         /// Side of each generated image before cropping.
         size: usize,
     },
-    /// Images loaded from disk with instance labels.
-    Folder(Vec<Sample>),
+    /// Real images mixed with the generator: each draw is synthetic with probability `ratio`.
+    Mixed {
+        /// The real images.
+        real: Vec<Sample>,
+        /// The generator's settings, as in [`Dataset::Synthetic`].
+        cfg: SynthConfig,
+        /// Seed offset of the synthetic draws.
+        seed: u64,
+        /// Side of each generated image.
+        size: usize,
+        /// Probability that a draw is synthetic.
+        ratio: f32,
+    },
+}
+
+/// An image from disk with its labels and name (the file stem), kept whole for validation.
+#[derive(Clone)]
+pub struct Named {
+    /// File stem (DSB2018: the image id).
+    pub name: String,
+    /// Image and instance labels.
+    pub sample: Sample,
 }
 
 impl Dataset {
-    /// Number of distinct images, `None` for the endless generator.
-    pub fn len(&self) -> Option<usize> {
+    /// Draws training image `i` with `rng`: a random disk image, or (mixed) a synthetic one with
+    /// probability `ratio`.
+    pub fn draw(&self, i: u64, rng: &mut Rng) -> Sample {
         match self {
-            Dataset::Synthetic { .. } => None,
-            Dataset::Folder(v) => Some(v.len()),
+            Dataset::Mixed {
+                real,
+                cfg,
+                seed,
+                size,
+                ratio,
+            } => {
+                if real.is_empty() || rng.uniform() < *ratio {
+                    synth::generate(&mut Rng::new(seed.wrapping_add(i)), *size, *size, cfg)
+                } else {
+                    real[rng.below(real.len())].clone()
+                }
+            }
+            Dataset::Synthetic { .. } => self.get(i),
         }
     }
 
@@ -40,35 +73,84 @@ impl Dataset {
             Dataset::Synthetic { cfg, seed, size } => {
                 synth::generate(&mut Rng::new(seed.wrapping_add(i)), *size, *size, cfg)
             }
-            Dataset::Folder(v) => v[(i % v.len() as u64) as usize].clone(),
+            Dataset::Mixed { real, .. } => real[(i % real.len() as u64) as usize].clone(),
         }
-    }
-
-    /// Loads a DSB2018 stage-1 folder (`ID/images/ID.png`, `ID/masks/*.png`) or a pairs folder
-    /// (`images/X.png` + `masks/X.png`, binary or label image), whichever `root` is.
-    pub fn from_folder(root: &Path) -> Result<Dataset> {
-        if !root.is_dir() {
-            bail!(
-                "{}: not a directory (expected a DSB2018 folder or images/ + masks/ pairs)",
-                root.display()
-            );
-        }
-        let samples = if root.join("images").is_dir() && root.join("masks").is_dir() {
-            load_pairs(root)?
-        } else {
-            load_dsb2018(root)?
-        };
-        if samples.is_empty() {
-            bail!(
-                "{}: no training images found; expected ID/images/ID.png with ID/masks/*.png, or images/X.png with masks/X.png",
-                root.display()
-            );
-        }
-        Ok(Dataset::Folder(samples))
     }
 }
 
-fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
+/// The labelled images of a DSB2018 stage-1 folder (`ID/images/ID.png`, `ID/masks/*.png`) or a
+/// pairs folder (`images/X.png` + `masks/X.png` or `labels/X.png`, binary or label image), whichever
+/// `root` is, with their names, sorted by name.
+pub fn load_named(root: &Path) -> Result<Vec<Named>> {
+    if !root.is_dir() {
+        bail!(
+            "{}: not a directory (expected a DSB2018 folder or images/ + masks/ pairs)",
+            root.display()
+        );
+    }
+    let samples = match pairs_dir(root) {
+        Some(masks) => load_pairs(root, &masks)?,
+        None => load_dsb2018(root)?,
+    };
+    if samples.is_empty() {
+        bail!(
+                "{}: no training images found; expected ID/images/ID.png with ID/masks/*.png, or images/X.png with masks/X.png or labels/X.png",
+                root.display()
+            );
+    }
+    Ok(samples)
+}
+
+/// The mask folder of a pairs layout: `masks/` or `labels/` beside `images/`.
+fn pairs_dir(root: &Path) -> Option<PathBuf> {
+    if !root.join("images").is_dir() {
+        return None;
+    }
+    ["masks", "labels"]
+        .into_iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir())
+}
+
+/// Experiment groups of a DSB2018 subset's `index.csv` (columns `id12` and `group`), by image
+/// name; empty when the folder has no index.
+pub fn read_groups(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let path = root.join("index.csv");
+    let mut out = std::collections::BTreeMap::new();
+    if !path.is_file() {
+        return Ok(out);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .with_context(|| {
+                format!(
+                    "{}: no column {name:?} (header: {})",
+                    path.display(),
+                    header.join(",")
+                )
+            })
+    };
+    let (id, group) = (col("id12")?, col("group")?);
+    for (n, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        match (f.get(id), f.get(group)) {
+            (Some(i), Some(g)) => {
+                out.insert(i.trim().to_string(), g.trim().to_string());
+            }
+            _ if line.trim().is_empty() => {}
+            _ => bail!("{}: line {} has too few columns", path.display(), n + 2),
+        }
+    }
+    Ok(out)
+}
+
+fn load_dsb2018(root: &Path) -> Result<Vec<Named>> {
     let mut ids: Vec<PathBuf> = std::fs::read_dir(root)
         .with_context(|| format!("{}: cannot list", root.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -111,30 +193,40 @@ fn load_dsb2018(root: &Path) -> Result<Vec<Sample>> {
             .into_iter()
             .map(|l| l.min(u16::MAX as u32) as u16)
             .collect();
-        out.push(Sample {
-            width: img.width,
-            height: img.height,
-            image: img.data,
-            labels,
+        out.push(Named {
+            name: id,
+            sample: Sample {
+                width: img.width,
+                height: img.height,
+                image: img.data,
+                labels,
+            },
         });
     }
     Ok(out)
 }
 
-fn load_pairs(root: &Path) -> Result<Vec<Sample>> {
+fn load_pairs(root: &Path, masks: &Path) -> Result<Vec<Named>> {
     let mut out = Vec::new();
+    let mask_files = list_images(masks)?;
     for img_path in list_images(&root.join("images"))? {
         let stem = img_path
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let mask_path = list_images(&root.join("masks"))?
-            .into_iter()
+        let mask_path = mask_files
+            .iter()
             .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == stem))
-            .with_context(|| format!("{}: missing mask masks/{stem}.png", img_path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: missing mask {}/{stem}.png",
+                    img_path.display(),
+                    masks.display()
+                )
+            })?;
         let img = load_gray(&img_path)?;
-        let m = load_gray(&mask_path)?;
+        let m = load_gray(mask_path)?;
         if (m.width, m.height) != (img.width, img.height) {
             bail!(
                 "{}: mask is {}x{}, image is {}x{}",
@@ -157,11 +249,14 @@ fn load_pairs(root: &Path) -> Result<Vec<Sample>> {
             relabel_dense(&mut l);
             l
         };
-        out.push(Sample {
-            width: img.width,
-            height: img.height,
-            image: img.data,
-            labels,
+        out.push(Named {
+            name: stem,
+            sample: Sample {
+                width: img.width,
+                height: img.height,
+                image: img.data,
+                labels,
+            },
         });
     }
     Ok(out)
@@ -176,6 +271,10 @@ pub struct Augment {
     pub scale: (f32, f32),
     /// Elastic deformation: probability and displacement sigma in px.
     pub elastic: (f32, f32),
+    /// Gaussian blur (defocus): probability and largest sigma in px.
+    pub blur: (f32, f32),
+    /// Additive Gaussian noise after normalization: probability and largest sd.
+    pub noise: (f32, f32),
     /// Whether to augment at all (off for validation).
     pub enabled: bool,
 }
@@ -272,9 +371,12 @@ pub fn make_example(
             *p = max * (*p / max).max(0.0).powf(gamma);
         }
     }
+    if aug.enabled && rng.uniform() < aug.blur.0 {
+        gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
+    }
     Normalization::default().apply_in_place(&mut img, &mut Vec::new());
-    if aug.enabled && rng.uniform() < 0.3 {
-        let sd = rng.range(0.0, 0.06);
+    if aug.enabled && rng.uniform() < aug.noise.0 {
+        let sd = rng.range(0.0, aug.noise.1);
         for p in &mut img {
             *p += sd * rng.normal();
         }
@@ -293,6 +395,31 @@ pub fn make_example(
         y,
         c,
         w: wts,
+    }
+}
+
+/// Separable Gaussian blur in place (mirrored borders), truncated at 3 sigma.
+fn gaussian_blur(img: &mut [f32], w: usize, h: usize, sigma: f32) {
+    let r = (3.0 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
+    let mut tmp = vec![0.0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            tmp[y * w + x] = (-r..=r)
+                .map(|i| k[(i + r) as usize] * img[y * w + reflect(x as isize + i, w)])
+                .sum();
+        }
+    }
+    for y in 0..h {
+        for x in 0..w {
+            img[y * w + x] = (-r..=r)
+                .map(|i| k[(i + r) as usize] * tmp[reflect(y as isize + i, h) * w + x])
+                .sum();
+        }
     }
 }
 
@@ -518,6 +645,8 @@ mod tests {
             tile: 128,
             scale: (1.0, 1.0),
             elastic: (0.0, 0.0),
+            blur: (0.0, 0.0),
+            noise: (0.0, 0.0),
             enabled: false,
         };
         let e = make_example(&s, &aug, &mut Rng::new(0), None, false);
@@ -548,18 +677,74 @@ mod tests {
     }
 
     #[test]
+    fn blur_keeps_the_mean_and_flattens_a_spike() {
+        let (w, h) = (15, 11);
+        let mut img = vec![0.0f32; w * h];
+        img[5 * w + 7] = 100.0;
+        gaussian_blur(&mut img, w, h, 1.0);
+        let sum: f32 = img.iter().sum();
+        assert!((sum - 100.0).abs() < 0.1, "{sum}");
+        assert!(img[5 * w + 7] < 20.0 && img[5 * w + 8] > 5.0);
+        assert_eq!(img[5 * w + 6], img[5 * w + 8], "symmetric");
+    }
+
+    #[test]
+    fn pairs_with_a_labels_folder_and_groups_from_index_csv() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::create_dir_all(dir.path().join("labels")).unwrap();
+        for (name, n) in [("aaa", 3u16), ("bbb", 1)] {
+            unet_edge::imageio::save_gray8(
+                &dir.path().join(format!("images/{name}.png")),
+                4,
+                2,
+                vec![9; 8],
+            )
+            .unwrap();
+            let labels: Vec<u16> = (0..8).map(|i| (i as u16) % (n + 1)).collect();
+            unet_edge::imageio::save_gray16(
+                &dir.path().join(format!("labels/{name}.png")),
+                4,
+                2,
+                labels,
+            )
+            .unwrap();
+        }
+        let named = load_named(dir.path()).unwrap();
+        assert_eq!(named.len(), 2);
+        assert_eq!(named[0].name, "aaa");
+        assert_eq!(
+            named[0].sample.labels.iter().max(),
+            Some(&3),
+            "label image kept as labels"
+        );
+        assert!(read_groups(dir.path()).unwrap().is_empty());
+        std::fs::write(
+            dir.path().join("index.csv"),
+            "id12,x,group\naaa,1,g1\nbbb,2,g2\n",
+        )
+        .unwrap();
+        let g = read_groups(dir.path()).unwrap();
+        assert_eq!(g["aaa"], "g1");
+        assert_eq!(g["bbb"], "g2");
+        std::fs::write(dir.path().join("index.csv"), "id,x\naaa,1\n").unwrap();
+        let e = read_groups(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("id12"), "{e}");
+    }
+
+    #[test]
     fn folder_errors_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Dataset::from_folder(dir.path()).err().unwrap().to_string();
+        let e = load_named(dir.path()).err().unwrap().to_string();
         assert!(e.contains("no training images"), "{e}");
         let id = dir.path().join("abc");
         std::fs::create_dir_all(id.join("images")).unwrap();
         unet_edge::imageio::save_gray8(&id.join("images/abc.png"), 4, 4, vec![0; 16]).unwrap();
-        let e = format!("{:#}", Dataset::from_folder(dir.path()).err().unwrap());
+        let e = format!("{:#}", load_named(dir.path()).err().unwrap());
         assert!(e.contains("missing masks") && e.contains("abc.png"), "{e}");
         std::fs::create_dir_all(id.join("masks")).unwrap();
         unet_edge::imageio::save_gray8(&id.join("masks/m1.png"), 5, 4, vec![255; 20]).unwrap();
-        let e = format!("{:#}", Dataset::from_folder(dir.path()).err().unwrap());
+        let e = format!("{:#}", load_named(dir.path()).err().unwrap());
         assert!(e.contains("masks") && e.contains("5x4"), "{e}");
     }
 }

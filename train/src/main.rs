@@ -26,9 +26,20 @@ enum Command {
         /// Run directory: config.json, state.json, checkpoints, best.onnx.
         #[arg(long, value_name = "DIR")]
         run: PathBuf,
-        /// `synthetic`, a DSB2018 stage-1 folder (ID/images, ID/masks) or a pairs folder (images/, masks/).
+        /// `synthetic`, a DSB2018 stage-1 folder (ID/images, ID/masks) or a pairs folder (images/
+        /// with masks/ or labels/, e.g. ../shared/dsb2018-fluo).
         #[arg(long, default_value = "synthetic")]
         data: String,
+        /// Folder data: experiment groups of the folder's index.csv to hold out whole for
+        /// validation (comma-separated); without it the last fifth of the images by name.
+        #[arg(long, value_name = "G1,G2", value_delimiter = ',')]
+        val_groups: Vec<String>,
+        /// Folder data: share of training draws taken from the synthetic generator (0 = real only).
+        #[arg(long, value_name = "R", default_value_t = 0.0)]
+        synthetic_ratio: f32,
+        /// Stop after this many validations without a better selection score (0 = run all steps).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        patience: usize,
         /// Optimisation steps in total.
         #[arg(long, default_value_t = 6000)]
         steps: usize,
@@ -142,6 +153,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train {
             run,
             data,
+            val_groups,
+            synthetic_ratio,
+            patience,
             steps,
             epoch_steps,
             batch,
@@ -177,6 +191,9 @@ fn run(cli: Cli) -> Result<()> {
                 outputs,
                 core_weight,
                 gap,
+                val_groups,
+                synthetic_ratio,
+                patience,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -1,7 +1,7 @@
 //! The training loop: batches, loss, Adam with warm-up and cosine decay, validation, checkpoints,
 //! resume and ONNX export of the best checkpoint.
 
-use crate::data::{make_example, Augment, Dataset, Example};
+use crate::data::{load_named, make_example, read_groups, Augment, Dataset, Example, Named};
 use crate::model::UNet;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
@@ -56,6 +56,16 @@ pub struct TrainConfig {
     /// Where nuclei touch, the foreground target has a background gap (Ronneberger's separation).
     #[serde(default)]
     pub gap: bool,
+    /// Folder data: the experiment groups (`index.csv`) held out whole for validation; empty
+    /// holds out the last fifth of the images by name.
+    #[serde(default)]
+    pub val_groups: Vec<String>,
+    /// Folder data: the share of training draws that come from the synthetic generator.
+    #[serde(default)]
+    pub synthetic_ratio: f32,
+    /// Validations without a better selection score before the run stops (0 = never).
+    #[serde(default)]
+    pub patience: usize,
 }
 
 fn one() -> usize {
@@ -81,6 +91,43 @@ pub struct TrainState {
     pub seconds: f64,
     /// Validation history: (step, loss, dice, iou).
     pub history: Vec<(usize, f32, f32, f32)>,
+    /// Whole validation images through the runtime, per validation: step and the means over
+    /// images (folder data only).
+    #[serde(default)]
+    pub instance_history: Vec<(usize, InstanceMeans)>,
+    /// The best checkpoint's whole-image figures per validation group.
+    #[serde(default)]
+    pub best_groups: std::collections::BTreeMap<String, InstanceMeans>,
+}
+
+/// Means over whole images of what `unet-edge segment` + `eval` report.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceMeans {
+    /// Images averaged.
+    pub images: usize,
+    /// Mean F1 at IoU 0.5.
+    pub f1: f64,
+    /// Mean DSB2018 score (IoU 0.5..0.95).
+    pub dsb: f64,
+    /// Mean pixel Dice.
+    pub dice: f64,
+}
+
+impl InstanceMeans {
+    fn of<'a>(scores: impl IntoIterator<Item = &'a unet_edge::metrics::Scores>) -> InstanceMeans {
+        let m = unet_edge::metrics::ImageMean::of(scores);
+        InstanceMeans {
+            images: m.images,
+            f1: m.f1_at_05,
+            dsb: m.dsb2018_score,
+            dice: m.pixel_dice,
+        }
+    }
+
+    /// What checkpoint selection maximises on whole images: F1 and the DSB2018 score, equally.
+    pub fn score(&self) -> f32 {
+        (0.5 * (self.f1 + self.dsb)) as f32
+    }
 }
 
 /// Validation figures.
@@ -279,12 +326,17 @@ impl RunDir {
     }
 }
 
-fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
+/// Training data, validation tiles, and (folder data) the whole validation images with their group.
+type Loaded = (Dataset, Vec<Example>, Vec<(String, Named)>);
+
+fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
     let t = cfg.tile;
     let val_aug = Augment {
         tile: t,
         scale: (1.0, 1.0),
         elastic: (0.0, 0.0),
+        blur: (0.0, 0.0),
+        noise: (0.0, 0.0),
         enabled: false,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -305,25 +357,146 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Vec<Example>)> {
         let val = (0..cfg.val_images as u64)
             .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, border, cfg.gap))
             .collect();
-        return Ok((train, val));
+        return Ok((train, val, Vec::new()));
     }
-    let Dataset::Folder(mut samples) = Dataset::from_folder(Path::new(&cfg.data))? else {
-        unreachable!()
-    };
+    if !(0.0..1.0).contains(&cfg.synthetic_ratio) {
+        bail!(
+            "--synthetic-ratio {}: expected 0 (real only) up to below 1",
+            cfg.synthetic_ratio
+        );
+    }
+    let root = Path::new(&cfg.data);
+    let samples = load_named(root)?;
     if samples.len() < 2 {
         bail!(
             "{}: need at least 2 images to hold one out for validation",
             cfg.data
         );
     }
-    let n_val = cfg.val_images.min(samples.len() / 5).max(1);
-    let val_samples = samples.split_off(samples.len() - n_val);
+    let (train, val_full) = split_validation(root, samples, cfg)?;
+    eprintln!(
+        "{}: {} training images, {} validation images{}",
+        cfg.data,
+        train.len(),
+        val_full.len(),
+        if cfg.val_groups.is_empty() {
+            String::new()
+        } else {
+            format!(" (groups {})", cfg.val_groups.join(", "))
+        }
+    );
     let mut rng = Rng::new(cfg.seed ^ 1);
-    let val = val_samples
+    // Validation tiles for the loss curve: up to four crops of each held-out image.
+    let val = val_full
         .iter()
+        .flat_map(|(_, n)| std::iter::repeat_n(&n.sample, 4))
+        .take(cfg.val_images.max(val_full.len()))
         .map(|s| make_example(s, &val_aug, &mut rng, border, cfg.gap))
         .collect();
-    Ok((Dataset::Folder(samples), val))
+    let train = Dataset::Mixed {
+        real: train.into_iter().map(|n| n.sample).collect(),
+        cfg: SynthConfig::default(),
+        seed: cfg.seed,
+        size: t * 3 / 2,
+        ratio: cfg.synthetic_ratio,
+    };
+    Ok((train, val, val_full))
+}
+
+/// Splits folder images into training and validation: whole `index.csv` groups when
+/// `cfg.val_groups` names them, else the last fifth by name.
+fn split_validation(
+    root: &Path,
+    samples: Vec<Named>,
+    cfg: &TrainConfig,
+) -> Result<(Vec<Named>, Vec<(String, Named)>)> {
+    if cfg.val_groups.is_empty() {
+        let mut train = samples;
+        let n_val = (train.len() / 5).max(1);
+        let val = train.split_off(train.len() - n_val);
+        return Ok((train, val.into_iter().map(|n| ("all".into(), n)).collect()));
+    }
+    let groups = read_groups(root)?;
+    if groups.is_empty() {
+        bail!(
+            "--val-groups needs {}/index.csv with columns id12 and group",
+            root.display()
+        );
+    }
+    let known: std::collections::BTreeSet<&String> = groups.values().collect();
+    for g in &cfg.val_groups {
+        if !known.contains(g) {
+            bail!(
+                "--val-groups {g:?}: no such group in {}/index.csv; groups are {}",
+                root.display(),
+                known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for n in samples {
+        match groups.get(&n.name) {
+            Some(g) if cfg.val_groups.contains(g) => val.push((g.clone(), n)),
+            Some(_) => train.push(n),
+            None => bail!(
+                "{}: image {:?} has no row in index.csv",
+                root.display(),
+                n.name
+            ),
+        }
+    }
+    if train.is_empty() {
+        bail!("--val-groups holds out every image; nothing is left to train on");
+    }
+    Ok((train, val))
+}
+
+/// Segments whole validation images through the runtime (`Segmenter` and the instance step with
+/// default settings, as `unet-edge segment` does) with the weights of `model`, and scores them as
+/// `unet-edge eval` does: means over all images and per group.
+pub fn validate_instances(
+    model: &UNet,
+    cfg: &TrainConfig,
+    val: &[(String, Named)],
+) -> Result<(
+    InstanceMeans,
+    std::collections::BTreeMap<String, InstanceMeans>,
+)> {
+    use unet_edge::instances::{InstanceConfig, Instances};
+    use unet_edge::metrics::Scores;
+    use unet_edge::segmenter::{SegmentConfig, Segmenter};
+    let bytes = onnx_bytes(model, cfg, &TrainState::default())?;
+    let m = unet_edge::model::Model::from_bytes(&bytes, "checkpoint")?;
+    let mut seg = Segmenter::new(
+        &m,
+        SegmentConfig {
+            threads: 2,
+            ..SegmentConfig::for_model(&m)
+        },
+    )?;
+    let mut inst = Instances::new();
+    let icfg = InstanceConfig::default();
+    let mut scores = Vec::with_capacity(val.len());
+    for (group, n) in val {
+        let s = &n.sample;
+        seg.segment(&s.image, s.width, s.height)
+            .with_context(|| format!("segmenting validation image {}", n.name))?;
+        inst.run(seg.mask(), seg.core(), &s.image, s.width, s.height, &icfg);
+        let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
+        scores.push((group.as_str(), Scores::compare(inst.labels(), &truth)));
+    }
+    let all = InstanceMeans::of(scores.iter().map(|(_, s)| s));
+    let mut per_group = std::collections::BTreeMap::new();
+    for (g, _) in val {
+        per_group.entry(g.clone()).or_insert_with(|| {
+            InstanceMeans::of(scores.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
+        });
+    }
+    Ok((all, per_group))
 }
 
 /// Trains (or resumes) a run in `dir`, optionally starting from the best weights of run
@@ -409,11 +582,13 @@ pub fn train(
             serde_json::to_string_pretty(&cfg)?.as_bytes(),
         )?;
     }
-    let (data, val) = load_data(&cfg)?;
+    let (data, val, val_full) = load_data(&cfg)?;
     let aug = Augment {
         tile: cfg.tile,
         scale: (0.6, 1.6),
         elastic: (0.5, 4.0),
+        blur: (0.25, 1.5),
+        noise: (0.3, 0.08),
         enabled: true,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -438,11 +613,7 @@ pub fn train(
         let examples: Vec<Example> = (0..cfg.batch)
             .map(|j| {
                 let idx = (step * cfg.batch + j) as u64;
-                let pick = match data.len() {
-                    Some(n) => rng.below(n) as u64,
-                    None => idx,
-                };
-                make_example(&data.get(pick), &aug, &mut rng, border, cfg.gap)
+                make_example(&data.draw(idx, &mut rng), &aug, &mut rng, border, cfg.gap)
             })
             .collect();
         let (x, y, c, w) = batch(&examples, cfg.tile, &device);
@@ -487,15 +658,30 @@ pub fn train(
         }
         if state.step % cfg.epoch_steps == 0 || state.step == cfg.steps {
             let v = validate(&model, &val, cfg.tile, &device)?;
+            let whole = if val_full.is_empty() {
+                None
+            } else {
+                Some(validate_instances(&model.valid(), &cfg, &val_full)?)
+            };
             state.seconds = seconds_before + t_start.elapsed().as_secs_f64();
             state.history.push((state.step, ema_loss, v.dice, v.iou));
+            if let Some((m, _)) = &whole {
+                state.instance_history.push((state.step, *m));
+            }
             let line = format!(
-                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}{}  ({:.2} s/step)",
+                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}{}{}  ({:.2} s/step)",
                 state.step,
                 v.dice,
                 v.iou,
                 v.core_dice
                     .map(|c| format!("  val core dice {c:.4}"))
+                    .unwrap_or_default(),
+                whole
+                    .as_ref()
+                    .map(|(m, _)| format!(
+                        "  whole images: F1 {:.4} DSB {:.4} Dice {:.4}",
+                        m.f1, m.dsb, m.dice
+                    ))
                     .unwrap_or_default(),
                 t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64
             );
@@ -504,8 +690,13 @@ pub fn train(
             } else {
                 bar.println(line);
             }
-            if state.best_step == 0 || v.score() >= state.best_score {
-                state.best_score = v.score();
+            let score = whole.as_ref().map_or(v.score(), |(m, _)| m.score());
+            let improved = state.best_step == 0 || score >= state.best_score;
+            if improved {
+                if let Some((_, g)) = &whole {
+                    state.best_groups = g.clone();
+                }
+                state.best_score = score;
                 state.best_dice = v.dice;
                 state.best_iou = v.iou;
                 state.best_step = state.step;
@@ -526,6 +717,19 @@ pub fn train(
                 &run.state(),
                 serde_json::to_string_pretty(&state)?.as_bytes(),
             )?;
+            let since_best = (state.step - state.best_step) / cfg.epoch_steps;
+            if cfg.patience > 0 && since_best >= cfg.patience {
+                let line = format!(
+                    "stopping early: {since_best} validations without a better score than step {}",
+                    state.best_step
+                );
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+                break;
+            }
         }
     }
     bar.finish();
@@ -534,6 +738,11 @@ pub fn train(
 
 /// Writes `model` as an ONNX file with the contract's metadata.
 pub fn export(model: &UNet, cfg: &TrainConfig, state: &TrainState, out: &Path) -> Result<()> {
+    write_atomic(out, &onnx_bytes(model, cfg, state)?)
+}
+
+/// `model` as ONNX bytes with the contract's metadata.
+fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState) -> Result<Vec<u8>> {
     let weights = model.to_weights()?;
     let mut meta = ModelMeta {
         output: OutputKind::Probability,
@@ -556,7 +765,7 @@ pub fn export(model: &UNet, cfg: &TrainConfig, state: &TrainState, out: &Path) -
     meta.props
         .insert("unet_edge.seed".into(), cfg.seed.to_string());
     let proto = weights.to_onnx(&meta)?;
-    write_atomic(out, &unet_edge::onnx_writer::encode(&proto))
+    Ok(unet_edge::onnx_writer::encode(&proto))
 }
 
 /// Loads a run's best (or last) checkpoint and exports it.
@@ -614,6 +823,9 @@ mod tests {
             outputs: 2,
             core_weight: 1.0,
             gap: false,
+            val_groups: Vec::new(),
+            synthetic_ratio: 0.0,
+            patience: 0,
         }
     }
 

@@ -4,6 +4,11 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     println!("cargo::rustc-check-cfg=cfg(has_default_model)");
     println!("cargo::rerun-if-env-changed=UNET_EDGE_EMBED");
+    // The integration tests find the cross runner (qemu) of the target they were built for.
+    println!(
+        "cargo::rustc-env=UNET_EDGE_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     let path = match std::env::var_os("UNET_EDGE_EMBED") {
         Some(p) => {
             let p = root.join(p);

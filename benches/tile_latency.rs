@@ -1,19 +1,21 @@
 //! Latency per tile and per 512x512 frame of the seed U-Net (random weights), batch 1 and 8.
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 //! Compare against a saved baseline: `cargo bench --bench tile_latency -- --save-baseline main`
 //! then `cargo bench --bench tile_latency -- --baseline main`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use unet_edge::contract::ModelMeta;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 use unet_edge::unet::UNetSpec;
 
 // As in the binary: tract's per-run allocations come from each runner's arena.
 #[global_allocator]
-static ALLOC: unet_edge::arena::ArenaAlloc = unet_edge::arena::ArenaAlloc(std::alloc::System);
+static ALLOC: unet_edge::engine::arena::ArenaAlloc =
+    unet_edge::engine::arena::ArenaAlloc(std::alloc::System);
 
 fn seed_model() -> Model {
     let bytes = unet_edge::onnx_writer::encode(

@@ -33,7 +33,8 @@ unsafe fn fma256(iters: u64) -> f32 {
     let mut out = [0f32; 8];
     let mut s = 0.0;
     for r in acc {
-        _mm256_storeu_ps(out.as_mut_ptr(), r);
+        // SAFETY: `out` holds the 8 floats an unaligned 256-bit store writes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) };
         s += out.iter().sum::<f32>();
     }
     s
@@ -58,6 +59,7 @@ fn main() {
             let mut best = f64::MAX;
             for _ in 0..5 {
                 let t = Instant::now();
+                // SAFETY: the CPU has the features `f` was compiled for (checked above).
                 let s = unsafe { f(iters) };
                 best = best.min(t.elapsed().as_secs_f64());
                 std::hint::black_box(s);

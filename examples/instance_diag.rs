@@ -6,11 +6,11 @@
 //! embedded model, 40 frames of 256x256 from seed 900000 — the trainer's `synth` defaults).
 
 use anyhow::Result;
-use unet_edge::instances::{InstanceConfig, Instances};
-use unet_edge::metrics::Scores;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::post::instances::{InstanceConfig, Instances};
+use unet_edge::post::metrics::Scores;
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 
 const BUCKETS: [(u32, u32); 7] = [
@@ -95,7 +95,7 @@ fn main() -> Result<()> {
     for i in 0..count {
         let s = generate(&mut Rng::new(seed + i), 256, 256, &SynthConfig::default());
         let truth: Vec<u32> = s.labels.iter().map(|&l| l as u32).collect();
-        let true_core = unet_edge::instances::core_target(&truth, 256, 256);
+        let true_core = unet_edge::post::targets::core_target(&truth, 256, 256);
         seg.segment(&s.image, 256, 256)?;
         let mask = s.mask();
         if let Some(pd) = seg.core() {

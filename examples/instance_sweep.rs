@@ -8,12 +8,12 @@
 
 use anyhow::Result;
 use std::path::Path;
-use unet_edge::imageio::{find_truth, load_gray};
-use unet_edge::instances::{InstanceConfig, Instances};
-use unet_edge::metrics::Scores;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::io::imageio::{find_truth, load_gray};
+use unet_edge::post::instances::{InstanceConfig, Instances};
+use unet_edge::post::metrics::Scores;
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 
 /// One frame to separate: mask, core channel, intensities, truth, size.

@@ -6,9 +6,9 @@
 
 use anyhow::Result;
 use unet_edge::contract::ModelMeta;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 
 fn main() -> Result<()> {
@@ -22,7 +22,7 @@ fn main() -> Result<()> {
                 .to_onnx(&ModelMeta::default())?,
         );
         models.push(Model::from_bytes(&b, "seed-unet-random")?);
-        if let Some(e) = unet_edge::model::embedded_model() {
+        if let Some(e) = unet_edge::engine::model::embedded_model() {
             models.push(Model::from_bytes(e, "embedded")?);
         }
     }

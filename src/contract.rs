@@ -1,7 +1,7 @@
 //! The model contract: what a U-Net ONNX file must look like for unet-edge, and the
 //! `metadata_props` keys by which the trainer tells the runtime how to use it.
 
-use crate::normalize::Normalization;
+use crate::engine::normalize::Normalization;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 
@@ -19,9 +19,24 @@ pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
 pub const KEY_MARGIN: &str = "unet_edge.margin";
 /// Metadata key: what each output channel means, comma-separated, e.g. `foreground,core`.
 /// Channel 0 is always the foreground probability; `core` is the probability that a pixel lies in
-/// the inner half of its nucleus (see [`crate::instances::core_target`]), which is zero along the
+/// the inner half of its nucleus (see [`crate::post::targets::core_target`]), which is zero along the
 /// line where two nuclei touch and so separates them. Absent: one `foreground` channel.
 pub const KEY_CHANNELS: &str = "unet_edge.channels";
+
+/// Metadata key (informational): the architecture that wrote the graph, e.g. `unet base=16 depth=4`.
+pub const KEY_ARCHITECTURE: &str = "unet_edge.architecture";
+/// Metadata key (informational): what the model was trained on (`synthetic` or a folder).
+pub const KEY_TRAINING_DATA: &str = "unet_edge.training_data";
+/// Metadata key (informational): the trainer and its version.
+pub const KEY_TRAINER: &str = "unet_edge.trainer";
+/// Metadata key (informational): optimisation steps of the exported checkpoint's run.
+pub const KEY_TRAIN_STEPS: &str = "unet_edge.train_steps";
+/// Metadata key (informational): the validation figures the checkpoint was selected on.
+pub const KEY_VALIDATION: &str = "unet_edge.validation";
+/// Metadata key (informational): the training seed.
+pub const KEY_SEED: &str = "unet_edge.seed";
+/// Metadata key (informational): how `unet-quantize` made an int8 model from a float one.
+pub const KEY_QUANTIZATION: &str = "unet_edge.quantization";
 
 /// Channel names the runtime understands.
 pub const CHANNEL_NAMES: [&str; 2] = ["foreground", "core"];

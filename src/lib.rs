@@ -1,34 +1,31 @@
 //! unet-edge: overlap-tile U-Net nuclei segmentation on tract, for microscope cameras on edge boards.
 //!
-//! Data flows one way: frame source → [`normalize`] → [`tiling`] → [`model`] (tract) →
-//! stitched probability map ([`segmenter`]) → mask → sinks ([`imageio`]). The library also owns what
-//! the trainer and the quantizer share: the [`contract`], the [`onnx_writer`], the [`unet`]
-//! architecture, and the synthetic nuclei generator.
+//! The modules follow the data, one way:
+//!
+//! 1. [`io`] — frames in: camera (V4L2), raw or MJPEG pipes, image files; region of interest and
+//!    rescaling ([`io::reframe`]).
+//! 2. [`engine`] — the frame engine: [`engine::normalize`] → overlap tiles ([`engine::tiling`]) →
+//!    the U-Net on tract ([`engine::model`], run by [`engine::workers`] out of a per-run
+//!    [`engine::arena`]) → the stitched probability map and mask ([`engine::segmenter`]).
+//! 3. [`post`] — nuclei from the mask ([`post::instances`]), training targets
+//!    ([`post::targets`]), scores against ground truth ([`post::metrics`]).
+//! 4. [`io`] again — results out: image files, the preview server, GPIO; [`live`] joins capture,
+//!    engine and sinks for days without growing memory.
+//!
+//! Shared with the trainer and the quantizer, apart from the stages: the model [`contract`], the
+//! [`unet`] architecture, the synthetic nuclei generator ([`synth`], seeded by [`rng`]) and the
+//! ONNX writer ([`onnx_writer`], from the `unet-graph` crate, which also holds the tract
+//! extensions the engine plans with). The `live` feature (default) brings the live loop and its
+//! I/O; without it the library builds no camera, GPIO or signal code.
 
-pub mod arena;
-pub mod camera;
 pub mod contract;
-pub mod gpio;
-pub mod im2col_i8;
-pub mod imageio;
-pub mod instances;
-pub mod int8_ops;
+pub mod engine;
+pub mod io;
+#[cfg(feature = "live")]
 pub mod live;
-pub mod maxpool;
-pub mod metrics;
-pub mod model;
-pub mod normalize;
-pub mod onnx_writer;
-pub mod plan_passes;
-pub mod preview;
-pub mod reframe;
+pub mod post;
 pub mod rng;
-pub mod segmenter;
-pub mod source;
 pub mod synth;
-#[cfg(test)]
-mod test_util;
-pub mod tiling;
 pub mod unet;
-pub mod upsample_fold;
-pub mod workers;
+
+pub use unet_graph::onnx_writer;

@@ -3,13 +3,14 @@
 //! GPIO and a summary on stderr. After the first frame of a size the loop allocates nothing in
 //! the project's code (tests/live_loop.rs counts it).
 
-use crate::gpio::Pins;
-use crate::instances::{InstanceConfig, Instances};
-use crate::segmenter::{Segmenter, TileBackend};
-use crate::source::{FrameBuf, FrameSource, Next, SourceError};
+use crate::engine::segmenter::FrameTiming;
+use crate::engine::segmenter::{Segmenter, TileBackend};
+use crate::io::gpio::Pins;
+use crate::io::record::{FrameRecord, Origin};
+use crate::io::source::{FrameBuf, FrameSource, Next, SourceError};
+use crate::post::instances::{InstanceConfig, Instances, Summary};
 use anyhow::Result;
 use embedded_hal::digital::{InputPin, OutputPin};
-use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +31,7 @@ pub struct LiveConfig {
     /// Instance separation.
     pub instances: InstanceConfig,
     /// Where the latest overlay is served over HTTP.
-    pub preview: Option<crate::preview::Preview>,
+    pub preview: Option<crate::io::preview::Preview>,
 }
 
 impl Default for LiveConfig {
@@ -120,13 +121,13 @@ fn capture<S: FrameSource>(
             Err(SourceError::Corrupt(why)) => {
                 let n = shared.corrupt.fetch_add(1, Ordering::Relaxed);
                 if n < 3 {
-                    eprintln!("warning: skipped a corrupt frame: {why}");
+                    log::warn!("skipped a corrupt frame: {why}");
                 }
             }
             Err(SourceError::Disconnected(why)) => {
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "warning: camera unavailable ({why}); retrying in {:.1} s",
+                log::warn!(
+                    "camera unavailable ({why}); retrying in {:.1} s",
                     backoff.as_secs_f32()
                 );
                 sleep_unless_stopped(backoff, &stop);
@@ -147,28 +148,45 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
+/// Where a live run's results go besides the returned counters.
+pub struct Sinks<'a, T: InputPin, L: OutputPin, A: OutputPin> {
+    /// GPIO: trigger input, busy and alert outputs.
+    pub pins: &'a mut Pins<T, L, A>,
+    /// The JSON lines, one [`FrameRecord`] per processed frame.
+    pub log: &'a mut dyn Write,
+}
+
+/// The capture thread's hand-over: one frame buffer, swapped with the loop's.
+type SlotPair = Arc<(Mutex<Slot>, Condvar)>;
+
+/// What waiting for the next frame gave.
+enum Taken {
+    /// A fresh frame is in the loop's buffer.
+    Frame,
+    /// Nothing yet (trigger not seen, or woken without a frame); ask again.
+    Again,
+    /// The source ended.
+    Ended,
+}
+
 /// Runs the live loop until the source ends, `max_frames` is reached or `stop` is set (SIGINT).
 /// `on_frame` is called after each processed frame with the count so far. The capture thread is
 /// not joined: a source blocked in a read (an idle pipe) must not keep the program from exiting.
-#[allow(clippy::too_many_arguments)]
-pub fn run<B, S, T, L, A, W>(
+pub fn run<B, T, L, A>(
     seg: &mut Segmenter<B>,
-    source: S,
-    pins: &mut Pins<T, L, A>,
-    log: &mut W,
+    source: impl FrameSource + 'static,
+    sinks: Sinks<'_, T, L, A>,
     cfg: &LiveConfig,
     stop: &Arc<AtomicBool>,
     mut on_frame: impl FnMut(u64),
 ) -> Result<LiveStats>
 where
     B: TileBackend,
-    S: FrameSource + 'static,
     T: InputPin,
     L: OutputPin,
     A: OutputPin,
-    W: Write,
 {
-    let slot = Arc::new((
+    let slot: SlotPair = Arc::new((
         Mutex::new(Slot {
             frame: FrameBuf::default(),
             fresh: false,
@@ -178,57 +196,26 @@ where
         Condvar::new(),
     ));
     let shared = Arc::new(Shared::default());
+    start_capture(source, &slot, &shared, stop, cfg.capture_timeout)?;
     let mut stats = LiveStats::default();
     let mut front = FrameBuf::default();
     let mut inst = Instances::new();
     let mut line = String::with_capacity(512);
-    let (mut window_frames, mut window_ms, mut window_start) = (0u64, 0f32, Instant::now());
-    let capture_timeout = cfg.capture_timeout;
-    {
-        let (slot, shared, stop) = (slot.clone(), shared.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || capture(source, slot, shared, stop, capture_timeout))?;
-    }
+    let mut throughput = Throughput::new();
     let result = (|| -> Result<()> {
         loop {
             if stop.load(Ordering::Relaxed) || cfg.max_frames.is_some_and(|m| stats.processed >= m)
             {
                 return Ok(());
             }
-            if pins.triggered() {
-                if !pins.wait_rising_edge(Duration::from_millis(200), stop.as_ref()) {
-                    continue;
-                }
-                // The frame to process is the first one captured after the edge.
-                slot.0.lock().expect("slot lock").fresh = false;
+            match take_frame(&slot, &mut front, sinks.pins, stop)? {
+                Taken::Frame => {}
+                Taken::Again => continue,
+                Taken::Ended => return Ok(()),
             }
-            {
-                let mut s = slot.0.lock().expect("slot lock");
-                while !s.fresh && !s.ended && !stop.load(Ordering::Relaxed) {
-                    s = slot
-                        .1
-                        .wait_timeout(s, Duration::from_millis(100))
-                        .expect("slot lock")
-                        .0;
-                }
-                if !s.fresh {
-                    if let Some(e) = s.fatal.take() {
-                        anyhow::bail!("capture failed: {e}");
-                    }
-                    if s.ended {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                std::mem::swap(&mut s.frame, &mut front);
-                s.fresh = false;
-                // A recording waits for the slot to empty.
-                slot.1.notify_all();
-            }
-            pins.busy(true);
+            sinks.pins.busy(true);
             let timing = seg.segment(&front.data, front.width, front.height)?;
-            let nuclei = inst.run(
+            inst.run(
                 seg.mask(),
                 seg.core(),
                 &front.data,
@@ -237,41 +224,17 @@ where
                 &cfg.instances,
             );
             let summary = inst.summary();
-            pins.count(nuclei);
-            pins.busy(false);
+            sinks.pins.count(summary.count);
+            sinks.pins.busy(false);
             if let Some(p) = &cfg.preview {
                 p.publish(seg.normalized(), seg.mask(), front.width, front.height);
             }
             stats.processed += 1;
-            let latency = front
-                .captured
-                .map(|t| t.elapsed().as_secs_f32() * 1e3)
-                .unwrap_or(0.0);
-            let ts = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            line.clear();
-            let _ = writeln!(
-                    line,
-                    "{{\"timestamp\":{ts:.3},\"frame\":{},\"width\":{},\"height\":{},\"tiles\":{},\"ms_per_tile_p50\":{:.3},\"ms_per_tile_max\":{:.3},\"frame_ms\":{:.3},\"latency_ms\":{latency:.3},\"nuclei\":{nuclei},\"nuclei_whole\":{},\"mean_area_px\":{:.1},\"mean_intensity\":{:.3},\"foreground_fraction\":{:.4},\"dropped\":{},\"corrupt\":{}}}",
-                    front.index,
-                    front.width,
-                    front.height,
-                    timing.tiles,
-                    timing.ms_per_tile_p50,
-                    timing.ms_per_tile_max,
-                    timing.frame_ms,
-                    summary.whole,
-                    summary.mean_area,
-                    summary.mean_intensity,
-                    seg.foreground_fraction(),
-                    shared.dropped.load(Ordering::Relaxed),
-                    shared.corrupt.load(Ordering::Relaxed),
-                );
-            if log
+            record(seg, &front, timing, summary, &shared, &mut line);
+            if sinks
+                .log
                 .write_all(line.as_bytes())
-                .and_then(|_| log.flush())
+                .and_then(|_| sinks.log.flush())
                 .is_err()
             {
                 stats.write_errors += 1;
@@ -280,36 +243,155 @@ where
                 if stats.processed % every == 0 {
                     if let Err(e) = save_frame(seg, &front, dir) {
                         stats.write_errors += 1;
-                        eprintln!("warning: {e:#} (live processing goes on)");
+                        log::warn!("{e:#} (live processing goes on)");
                     }
                 }
             }
-            window_frames += 1;
-            window_ms += timing.ms_per_tile;
-            if let Some(every) = cfg.summary_every {
-                if window_start.elapsed() >= every {
-                    let secs = window_start.elapsed().as_secs_f32();
-                    eprintln!(
-                        "{:.1} fps  {:.1} ms/tile  {} dropped  {} corrupt  {} processed",
-                        window_frames as f32 / secs,
-                        window_ms / window_frames as f32,
-                        shared.dropped.load(Ordering::Relaxed),
-                        shared.corrupt.load(Ordering::Relaxed),
-                        stats.processed
-                    );
-                    (window_frames, window_ms, window_start) = (0, 0.0, Instant::now());
-                }
-            }
+            throughput.frame(
+                timing.ms_per_tile,
+                cfg.summary_every,
+                &shared,
+                stats.processed,
+            );
             on_frame(stats.processed);
         }
     })();
     // Whatever ended the loop, tell the capture thread to end too.
     stop.store(true, Ordering::Relaxed);
-    let _ = log.flush();
+    let _ = sinks.log.flush();
     stats.dropped = shared.dropped.load(Ordering::Relaxed);
     stats.corrupt = shared.corrupt.load(Ordering::Relaxed);
     stats.reconnects = shared.reconnects.load(Ordering::Relaxed);
     result.map(|_| stats)
+}
+
+/// Starts the capture thread, which fills the slot until the source ends or `stop` is set.
+fn start_capture(
+    source: impl FrameSource + 'static,
+    slot: &SlotPair,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let (slot, shared, stop) = (slot.clone(), shared.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || capture(source, slot, shared, stop, timeout))?;
+    Ok(())
+}
+
+/// Waits for the next frame (after a trigger edge when a trigger pin is set) and swaps it into
+/// `front`; a capture failure is an error.
+fn take_frame<T: InputPin, L: OutputPin, A: OutputPin>(
+    slot: &SlotPair,
+    front: &mut FrameBuf,
+    pins: &mut Pins<T, L, A>,
+    stop: &AtomicBool,
+) -> Result<Taken> {
+    if pins.triggered() {
+        if !pins.wait_rising_edge(Duration::from_millis(200), stop) {
+            return Ok(Taken::Again);
+        }
+        // The frame to process is the first one captured after the edge.
+        slot.0.lock().expect("slot lock").fresh = false;
+    }
+    let mut s = slot.0.lock().expect("slot lock");
+    while !s.fresh && !s.ended && !stop.load(Ordering::Relaxed) {
+        s = slot
+            .1
+            .wait_timeout(s, Duration::from_millis(100))
+            .expect("slot lock")
+            .0;
+    }
+    if !s.fresh {
+        if let Some(e) = s.fatal.take() {
+            anyhow::bail!("capture failed: {e}");
+        }
+        return Ok(if s.ended { Taken::Ended } else { Taken::Again });
+    }
+    std::mem::swap(&mut s.frame, front);
+    s.fresh = false;
+    // A recording waits for the slot to empty.
+    slot.1.notify_all();
+    Ok(Taken::Frame)
+}
+
+/// Formats the frame's record into `line` (reused: no allocation once it has grown).
+fn record<B: TileBackend>(
+    seg: &Segmenter<B>,
+    front: &FrameBuf,
+    timing: FrameTiming,
+    summary: Summary,
+    shared: &Shared,
+    line: &mut String,
+) {
+    let latency_ms = front
+        .captured
+        .map(|t| t.elapsed().as_secs_f32() * 1e3)
+        .unwrap_or(0.0);
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    line.clear();
+    FrameRecord {
+        origin: Origin::Live {
+            timestamp,
+            frame: front.index,
+            latency_ms,
+            dropped: shared.dropped.load(Ordering::Relaxed),
+            corrupt: shared.corrupt.load(Ordering::Relaxed),
+        },
+        width: front.width,
+        height: front.height,
+        timing,
+        summary,
+        foreground_fraction: seg.foreground_fraction(),
+    }
+    .write_json(line);
+}
+
+/// Frames and tile time since the last summary line.
+struct Throughput {
+    frames: u64,
+    ms_per_tile: f32,
+    since: Instant,
+}
+
+impl Throughput {
+    fn new() -> Throughput {
+        Throughput {
+            frames: 0,
+            ms_per_tile: 0.0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Counts a frame; logs the summary line when `every` has passed since the last one.
+    fn frame(
+        &mut self,
+        ms_per_tile: f32,
+        every: Option<Duration>,
+        shared: &Shared,
+        processed: u64,
+    ) {
+        self.frames += 1;
+        self.ms_per_tile += ms_per_tile;
+        let Some(every) = every else { return };
+        if self.since.elapsed() < every {
+            return;
+        }
+        let secs = self.since.elapsed().as_secs_f32();
+        log::info!(
+            "{:.1} fps  {:.1} ms/tile  {} dropped  {} corrupt  {} processed",
+            self.frames as f32 / secs,
+            self.ms_per_tile / self.frames as f32,
+            shared.dropped.load(Ordering::Relaxed),
+            shared.corrupt.load(Ordering::Relaxed),
+            processed
+        );
+        *self = Throughput::new();
+    }
 }
 
 fn save_frame<B: TileBackend>(
@@ -318,12 +400,12 @@ fn save_frame<B: TileBackend>(
     dir: &std::path::Path,
 ) -> Result<()> {
     let name = format!("frame{:08}", f.index);
-    crate::imageio::save_mask(
+    crate::io::imageio::save_mask(
         &dir.join(format!("{name}.mask.png")),
         f.width,
         f.height,
         seg.mask(),
     )?;
-    let overlay = crate::imageio::overlay(seg.normalized(), seg.mask(), f.width, f.height);
-    crate::imageio::save_rgb8(&dir.join(format!("{name}.overlay.png")), overlay)
+    let overlay = crate::io::imageio::overlay(seg.normalized(), seg.mask(), f.width, f.height);
+    crate::io::imageio::save_rgb8(&dir.join(format!("{name}.overlay.png")), overlay)
 }

@@ -1,13 +1,15 @@
 //! The `unet-edge` command line.
 
 mod commands;
+mod logger;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-/// tract's per-run allocations are served from each tile runner's arena (see `unet_edge::arena`).
+/// tract's per-run allocations are served from each tile runner's arena (see `unet_edge::engine::arena`).
 #[global_allocator]
-static ALLOC: unet_edge::arena::ArenaAlloc = unet_edge::arena::ArenaAlloc(std::alloc::System);
+static ALLOC: unet_edge::engine::arena::ArenaAlloc =
+    unet_edge::engine::arena::ArenaAlloc(std::alloc::System);
 
 /// Nuclei segmentation with an overlap-tile U-Net on tract, for microscope cameras and image files.
 ///
@@ -23,6 +25,12 @@ static ALLOC: unet_edge::arena::ArenaAlloc = unet_edge::arena::ArenaAlloc(std::a
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// More detail on stderr (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr: no progress, notes or warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(flatten)]
     live: commands::live::LiveArgs,
 }
@@ -71,6 +79,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    logger::init(cli.verbose, cli.quiet);
     let result = match cli.command {
         Some(Command::Segment(a)) => commands::segment::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),

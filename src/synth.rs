@@ -329,7 +329,7 @@ pub fn gaussian_blur(data: &mut [f32], width: usize, height: usize, sigma: f32) 
         for x in 0..width {
             let mut acc = 0.0;
             for (j, kv) in k.iter().enumerate() {
-                let sx = crate::tiling::reflect(x as isize + j as isize - r, width);
+                let sx = crate::engine::tiling::reflect(x as isize + j as isize - r, width);
                 acc += kv * data[y * width + sx];
             }
             tmp[y * width + x] = acc;
@@ -339,7 +339,7 @@ pub fn gaussian_blur(data: &mut [f32], width: usize, height: usize, sigma: f32) 
         for x in 0..width {
             let mut acc = 0.0;
             for (j, kv) in k.iter().enumerate() {
-                let sy = crate::tiling::reflect(y as isize + j as isize - r, height);
+                let sy = crate::engine::tiling::reflect(y as isize + j as isize - r, height);
                 acc += kv * tmp[sy * width + x];
             }
             data[y * width + x] = acc;

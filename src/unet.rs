@@ -3,10 +3,10 @@
 //! writes them, so training and the edge runtime agree on one layer order.
 
 use crate::contract::ModelMeta;
-use crate::onnx_writer::{ConvSpec, Dim, ElemType, GraphBuilder};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 use tract_onnx::pb;
+use unet_graph::onnx_writer::{ConvSpec, Dim, ElemType, GraphBuilder};
 
 /// Shape of the U-Net: `base` filters at full resolution, doubled at each of `depth` levels,
 /// and `outputs` channels out of the 1x1 head (see [`crate::contract::CHANNEL_NAMES`]).
@@ -253,7 +253,7 @@ impl UNetWeights {
                 g.metadata(&k, &v);
             }
             g.metadata(
-                "unet_edge.architecture",
+                crate::contract::KEY_ARCHITECTURE,
                 &format!(
                     "unet base={} depth={} outputs={}",
                     self.spec.base, self.spec.depth, self.spec.outputs
@@ -261,27 +261,8 @@ impl UNetWeights {
             );
             g.finish()
         };
-        rename_value(&mut model, &prob, "prob");
+        unet_graph::onnx_writer::rename_value(&mut model, &prob, "prob");
         Ok(model)
-    }
-}
-
-/// Renames a value everywhere it appears in the graph.
-fn rename_value(model: &mut pb::ModelProto, from: &str, to: &str) {
-    let Some(graph) = model.graph.as_mut() else {
-        return;
-    };
-    for n in &mut graph.node {
-        for s in n.input.iter_mut().chain(n.output.iter_mut()) {
-            if s == from {
-                *s = to.to_string();
-            }
-        }
-    }
-    for v in &mut graph.output {
-        if v.name == from {
-            v.name = to.to_string();
-        }
     }
 }
 
@@ -397,8 +378,8 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_writer;
     use tract_onnx::prelude::*;
+    use unet_graph::onnx_writer;
 
     #[test]
     fn seed_shapes_and_cost() {
@@ -439,11 +420,11 @@ mod tests {
         let got = view.as_slice().unwrap();
         let want = reference::forward(&wts, &img, h, w);
         assert_eq!((got.len(), want.len()), (2 * h * w, 2 * h * w));
-        let meta = crate::model::Model::from_bytes(&bytes, "test")
+        let meta = crate::engine::model::Model::from_bytes(&bytes, "test")
             .unwrap()
             .meta;
         assert_eq!(meta.channels, ["foreground", "core"]);
-        let max = crate::test_util::max_abs_diff(got, &want);
+        let max = unet_graph::testing::max_abs_diff(got, &want);
         assert!(max <= 1e-4, "max abs diff {max}");
         // The output must not be a constant, or the comparison proves little.
         let spread = want.iter().copied().fold(f32::MIN, f32::max)

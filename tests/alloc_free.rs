@@ -12,8 +12,8 @@ static GLOBAL: Counting = Counting;
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 use unet_edge::contract::ModelMeta;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter, TileBackend};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
 
 /// A plain-Rust 3x3 box filter + sigmoid standing in for the network: it allocates nothing, so
 /// whatever the counter sees comes from the segmenter.
@@ -126,7 +126,7 @@ fn counter_sees_allocations_when_the_frame_size_changes() {
 #[test]
 fn instance_separation_allocates_nothing_after_the_first_frame() {
     let _g = LOCK.lock().unwrap();
-    use unet_edge::instances::{InstanceConfig, Instances};
+    use unet_edge::post::instances::{InstanceConfig, Instances};
     use unet_edge::synth::{generate, SynthConfig};
     let (w, h) = (256, 200);
     let samples: Vec<_> = (0..11)
@@ -138,7 +138,7 @@ fn instance_separation_allocates_nothing_after_the_first_frame() {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            (i % 2 == 0).then(|| unet_edge::instances::normalized_distance(&s.labels, w, h))
+            (i % 2 == 0).then(|| unet_edge::post::targets::normalized_distance(&s.labels, w, h))
         })
         .collect();
     let mut inst = Instances::new();

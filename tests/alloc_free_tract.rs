@@ -5,10 +5,10 @@
 mod util;
 
 use std::path::Path;
-use unet_edge::arena::ArenaAlloc;
-use unet_edge::model::Model;
+use unet_edge::engine::arena::ArenaAlloc;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 use util::counting::{self, Counting};
 
@@ -16,7 +16,7 @@ use util::counting::{self, Counting};
 static GLOBAL: ArenaAlloc<Counting> = ArenaAlloc(Counting);
 
 fn soak(model: &Model) -> (usize, usize, usize, f32) {
-    assert!(unet_edge::arena::installed());
+    assert!(unet_edge::engine::arena::installed());
     let mut cfg = SegmentConfig::for_model(model);
     cfg.threads = 2;
     // Two tiles per frame, one per thread.

@@ -3,7 +3,7 @@
 mod util;
 
 use unet_edge::contract::ModelMeta;
-use unet_edge::imageio::save_gray16;
+use unet_edge::io::imageio::save_gray16;
 use unet_edge::rng::Rng;
 use unet_edge::synth::{generate, SynthConfig};
 
@@ -177,10 +177,10 @@ fn bench_profile_attributes_the_time_to_operators() {
 #[test]
 fn a_closed_stdout_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let model = util::write(dir.path(), "m.onnx", &seed_unet_bytes());
-    let mut child = Command::new(util::bin())
+    let mut child = util::command()
         .args(["info", "--model", &model, "--tile", "64"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -328,8 +328,8 @@ fn eval_reads_dsb2018_mask_folders() {
             labels[y * w + x + 6] = 9;
         }
     }
-    unet_edge::imageio::save_gray8(&masks.join("m1.png"), w, h, a).unwrap();
-    unet_edge::imageio::save_gray8(&masks.join("m2.png"), w, h, b).unwrap();
+    unet_edge::io::imageio::save_gray8(&masks.join("m1.png"), w, h, a).unwrap();
+    unet_edge::io::imageio::save_gray8(&masks.join("m2.png"), w, h, b).unwrap();
     save_gray16(&pred.join("img1.labels.png"), w, h, labels).unwrap();
     let e = util::eval_json(&pred, &dir.path().join("truth"));
     assert_eq!(e["overall"]["tp"], 2);

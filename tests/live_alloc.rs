@@ -7,9 +7,9 @@ mod util;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use unet_edge::io::preview::{parse_addr, Preview};
+use unet_edge::io::reframe::{Reframe, Reframed};
 use unet_edge::live::{self, LiveConfig};
-use unet_edge::preview::{parse_addr, Preview};
-use unet_edge::reframe::{Reframe, Reframed};
 use util::counting::{self, Counting};
 use util::fakes::{camera, no_pins, segmenter};
 
@@ -34,8 +34,10 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
             camera(10_000, vec![]),
             Reframe::new("8,4,140,100".parse().ok(), 0.8).unwrap(),
         ),
-        &mut no_pins(),
-        &mut log,
+        live::Sinks {
+            pins: &mut no_pins(),
+            log: &mut log,
+        },
         &cfg,
         &stop,
         |n| {

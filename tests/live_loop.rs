@@ -9,9 +9,9 @@ use std::time::Duration;
 use util::fakes::{camera, no_pins, segmenter};
 
 use unet_edge::contract::ModelMeta;
+use unet_edge::io::source::SourceError;
 use unet_edge::live::{self, LiveConfig};
 use unet_edge::rng::Rng;
-use unet_edge::source::SourceError;
 use unet_edge::synth::{generate, SynthConfig};
 
 #[test]
@@ -31,8 +31,10 @@ fn unplug_corrupt_frames_and_fatal_errors() {
     let stats = live::run(
         &mut seg,
         camera(5, faults),
-        &mut no_pins(),
-        &mut Vec::new(),
+        live::Sinks {
+            pins: &mut no_pins(),
+            log: &mut Vec::new(),
+        },
         &cfg,
         &stop,
         |_| {},
@@ -52,8 +54,10 @@ fn unplug_corrupt_frames_and_fatal_errors() {
     let e = live::run(
         &mut seg,
         camera(5, fatal),
-        &mut no_pins(),
-        &mut Vec::new(),
+        live::Sinks {
+            pins: &mut no_pins(),
+            log: &mut Vec::new(),
+        },
         &cfg,
         &stop,
         |_| {},
@@ -74,8 +78,10 @@ fn stop_flag_ends_the_loop_after_the_current_frame() {
     let stats = live::run(
         &mut seg,
         camera(100_000, vec![]),
-        &mut no_pins(),
-        &mut Vec::new(),
+        live::Sinks {
+            pins: &mut no_pins(),
+            log: &mut Vec::new(),
+        },
         &cfg,
         &stop,
         move |n| {
@@ -111,7 +117,7 @@ fn binary_plays_a_frame_directory_and_raw_stdin() {
     std::fs::create_dir(&frames).unwrap();
     for i in 0..4 {
         let s = generate(&mut Rng::new(i), 80, 64, &SynthConfig::default());
-        unet_edge::imageio::save_gray16(
+        unet_edge::io::imageio::save_gray16(
             &frames.join(format!("f{i}.png")),
             80,
             64,
@@ -147,7 +153,7 @@ fn binary_plays_a_frame_directory_and_raw_stdin() {
 
     // Raw 8-bit frames on stdin, as `ffmpeg ... -f rawvideo -pix_fmt gray -` sends them.
     use std::io::Write;
-    let mut child = std::process::Command::new(util::bin())
+    let mut child = util::command()
         .args([
             "--input", "-", "--width", "40", "--height", "30", "--pixfmt", "gray8", "--model",
             &model, "--tile", "32",
@@ -173,7 +179,7 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
     let frames = dir.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
     for i in 0..50 {
-        unet_edge::imageio::save_gray8(
+        unet_edge::io::imageio::save_gray8(
             &frames.join(format!("f{i:02}.png")),
             32,
             32,
@@ -182,7 +188,7 @@ fn binary_exits_cleanly_on_sigint_and_rejects_bad_live_options() {
         .unwrap();
     }
     let log = dir.path().join("live.jsonl");
-    let child = std::process::Command::new(util::bin())
+    let child = util::command()
         .args([
             "--input",
             frames.to_str().unwrap(),
@@ -298,7 +304,7 @@ fn binary_crops_scales_and_serves_the_preview_while_running() {
         (Some(30), Some(20))
     );
 
-    let mut child = std::process::Command::new(util::bin())
+    let mut child = util::command()
         .args([
             "--input",
             "synth:96x64",

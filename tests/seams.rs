@@ -2,9 +2,9 @@
 //! tile seams than elsewhere (compared with a whole-frame run of the same network).
 
 use unet_edge::contract::ModelMeta;
-use unet_edge::model::{embedded_model, Model};
+use unet_edge::engine::model::{embedded_model, Model};
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::synth::{generate, SynthConfig};
 
 /// Mean absolute error on pixels within 1 px of a tile-ownership boundary, and elsewhere.

@@ -3,9 +3,9 @@
 
 mod util;
 
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 
 #[test]
 fn tiled_equals_whole_frame_for_small_receptive_field() {

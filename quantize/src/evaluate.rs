@@ -4,39 +4,9 @@
 use crate::images::Image;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use unet_edge::model::Model;
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
-
-/// Pixel counts pooled over images, from which Dice is taken.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
-pub struct Overlap {
-    /// Pixels in both.
-    pub both: u64,
-    /// Pixels in the first.
-    pub a: u64,
-    /// Pixels in the second.
-    pub b: u64,
-}
-
-impl Overlap {
-    fn add(&mut self, a: &[u8], b: &[u8]) {
-        for (&x, &y) in a.iter().zip(b) {
-            let (x, y) = (x > 0, y > 0);
-            self.both += u64::from(x && y);
-            self.a += u64::from(x);
-            self.b += u64::from(y);
-        }
-    }
-
-    /// 2|A∩B| / (|A|+|B|); 1 when both are empty.
-    pub fn dice(&self) -> f64 {
-        if self.a + self.b == 0 {
-            1.0
-        } else {
-            2.0 * self.both as f64 / (self.a + self.b) as f64
-        }
-    }
-}
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::post::metrics::PixelOverlap as Overlap;
 
 /// How the int8 model compares with the float one on a set of images.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -77,7 +47,7 @@ pub fn compare(float: &Model, int8: &Model, images: &[Image]) -> Result<Comparis
             .with_context(|| format!("float model on {}", im.name))?;
         sq.segment(&im.raw, im.width, im.height)
             .with_context(|| format!("int8 model on {}", im.name))?;
-        agree.add(sf.mask(), sq.mask());
+        agree.add_masks(sf.mask(), sq.mask());
         for (a, b) in sf.prob().iter().zip(sq.prob()) {
             let d = (a - b).abs();
             c.max_prob_diff = c.max_prob_diff.max(d);
@@ -85,8 +55,8 @@ pub fn compare(float: &Model, int8: &Model, images: &[Image]) -> Result<Comparis
             diff_n += 1;
         }
         if let Some(t) = &im.truth {
-            tf.add(sf.mask(), t);
-            tq.add(sq.mask(), t);
+            tf.add_masks(sf.mask(), t);
+            tq.add_masks(sq.mask(), t);
             c.with_truth += 1;
         }
         c.images += 1;
@@ -107,8 +77,8 @@ mod tests {
     #[test]
     fn dice_of_pooled_counts() {
         let mut o = Overlap::default();
-        o.add(&[1, 1, 0, 0], &[1, 0, 1, 0]);
-        assert_eq!((o.both, o.a, o.b), (1, 2, 2));
+        o.add_masks(&[1, 1, 0, 0], &[1, 0, 1, 0]);
+        assert_eq!((o.both, o.pred, o.truth), (1, 2, 2));
         assert!((o.dice() - 0.5).abs() < 1e-12);
         assert_eq!(Overlap::default().dice(), 1.0);
     }

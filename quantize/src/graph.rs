@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use tract_onnx::pb;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
 use unet_edge::onnx_writer::tensor_f32;
 
 /// Operators a unet-edge U-Net is made of; the quantizer knows how to carry each into int8.

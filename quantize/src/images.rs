@@ -4,11 +4,11 @@
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{find_truth, list_images, load_gray};
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::tiling::TileGrid;
+use unet_edge::io::imageio::{find_truth, list_images, load_gray};
 use unet_edge::rng::Rng;
 use unet_edge::synth::{self, SynthConfig};
-use unet_edge::tiling::TileGrid;
 
 /// Side of the synthetic frames.
 pub const SYNTH_SIZE: usize = 256;
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn folder_truth_is_found_by_stem_and_checked_for_size() {
-        use unet_edge::imageio::{save_gray8, save_mask};
+        use unet_edge::io::imageio::{save_gray8, save_mask};
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("truth")).unwrap();
         save_gray8(&d.path().join("a.png"), 4, 3, vec![10; 12]).unwrap();

@@ -19,7 +19,7 @@ use tract_onnx::pb;
 use unet_edge::onnx_writer::{Dim, ElemType, GraphBuilder};
 
 /// Metadata key recording how a model was quantized.
-pub const KEY_QUANTIZATION: &str = "unet_edge.quantization";
+pub use unet_edge::contract::KEY_QUANTIZATION;
 
 /// Affine int8 parameters: real = scale × (q − zero_point).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -275,7 +275,7 @@ pub fn quantize(
                     .collect();
                 let src = &n.inputs[0];
                 // In i8, tract's nearest upsampling is slow (13 ms per tile for the four of the
-                // seed U-Net); the runtime swaps in its own `UpsampleI8` (unet_edge::int8_ops).
+                // seed U-Net); the runtime swaps in its own `UpsampleI8` (unet_graph::int8_ops).
                 let x_is_i8 = forms.get(src).is_some_and(|f| f.i8.is_some());
                 let x = if x_is_i8 { as_i8!(src) } else { as_f32!(src) };
                 let mut ins = vec![x.as_str()];
@@ -334,7 +334,8 @@ pub fn quantize(
         ),
     );
     let mut model = g.finish();
-    rename_output(&mut model, &y, &graph.output);
+    // The float model's output name, so tools see the same interface.
+    unet_edge::onnx_writer::rename_value(&mut model, &y, &graph.output);
     Ok((model, summary))
 }
 
@@ -353,30 +354,6 @@ pub fn per_channel_weights(dims: &[usize], w: &[f32]) -> (Vec<i8>, Vec<f32>) {
         );
     }
     (q, scales)
-}
-
-/// Gives the graph's output the float model's output name, so tools see the same interface.
-fn rename_output(model: &mut pb::ModelProto, from: &str, to: &str) {
-    let Some(graph) = model.graph.as_mut() else {
-        return;
-    };
-    for n in &mut graph.node {
-        for s in n.output.iter_mut() {
-            if s == from {
-                *s = to.to_string();
-            }
-        }
-        for s in n.input.iter_mut() {
-            if s == from {
-                *s = to.to_string();
-            }
-        }
-    }
-    for v in &mut graph.output {
-        if v.name == from {
-            v.name = to.to_string();
-        }
-    }
 }
 
 #[cfg(test)]

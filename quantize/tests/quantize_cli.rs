@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use unet_edge::contract::ModelMeta;
-use unet_edge::imageio::load_gray;
-use unet_edge::model::Model;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
+use unet_edge::io::imageio::load_gray;
 use unet_edge::onnx_writer::{self, Dim, ElemType, GraphBuilder};
-use unet_edge::segmenter::{SegmentConfig, Segmenter};
 use unet_edge::unet::UNetSpec;
 
 fn run(args: &[&str]) -> Output {

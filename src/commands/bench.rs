@@ -4,7 +4,7 @@ use crate::RunArgs;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
-use unet_edge::arena::ArenaStats;
+use unet_edge::engine::arena::ArenaStats;
 use unet_edge::rng::Rng;
 
 /// Options of `bench`.
@@ -153,7 +153,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
 }
 
 /// Per-operator profile of one runner: totals by (operator, output type), then the slowest nodes.
-fn print_profile(plan: &unet_edge::model::TilePlan, runs: usize) -> Result<()> {
+fn print_profile(plan: &unet_edge::engine::model::TilePlan, runs: usize) -> Result<()> {
     let mut r = plan.runner()?;
     let mut rng = Rng::new(7);
     for v in r.input_mut() {

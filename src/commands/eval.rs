@@ -4,9 +4,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{find_truth, labels_of, load_gray};
-use unet_edge::instances::connected_components;
-use unet_edge::metrics::{ImageMean, Scores};
+use unet_edge::io::imageio::{find_truth, labels_of, load_gray};
+use unet_edge::post::instances::connected_components;
+use unet_edge::post::metrics::{ImageMean, Scores};
 
 /// Options of `eval`.
 #[derive(Args, Debug)]

@@ -3,21 +3,22 @@
 
 use crate::RunArgs;
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use unet_edge::camera::CamFormat;
+use unet_edge::engine::segmenter::Segmenter;
+use unet_edge::io::camera::CamFormat;
 #[cfg(target_os = "linux")]
-use unet_edge::camera::Request;
+use unet_edge::io::camera::Request;
 #[cfg(not(target_os = "linux"))]
-use unet_edge::gpio::NoPin;
-use unet_edge::gpio::{PinSpec, Pins};
+use unet_edge::io::gpio::NoPin;
+use unet_edge::io::gpio::{PinSpec, Pins};
+use unet_edge::io::preview::{self, Preview};
+use unet_edge::io::reframe::{Reframe, Reframed, Roi};
+use unet_edge::io::source::{FileSource, FrameSource, PixFmt, RawSource, SynthSource};
 use unet_edge::live::{self, LiveConfig};
-use unet_edge::preview::{self, Preview};
-use unet_edge::reframe::{Reframe, Reframed, Roi};
-use unet_edge::segmenter::Segmenter;
-use unet_edge::source::{FileSource, FrameSource, PixFmt, RawSource, SynthSource};
 
 /// Options of the live loop (used when no subcommand is given).
 #[derive(Args, Debug)]
@@ -46,7 +47,8 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FMT", default_value = "auto", value_parser = parse_format)]
     pub format: FormatArg,
     /// Pixel format of raw stdin frames.
-    #[arg(long, value_enum, default_value = "gray8")]
+    #[arg(long, default_value = "gray8", value_parser = clap::builder::PossibleValuesParser::new(
+        PixFmt::NAMES.map(|(n, _)| n)).map(|s| s.parse::<PixFmt>().expect("a listed name")))]
     pub pixfmt: PixFmt,
     /// Process only this rectangle of each frame, in source pixels: x,y,w,h.
     #[arg(long, value_name = "X,Y,W,H")]
@@ -101,9 +103,9 @@ fn parse_format(s: &str) -> Result<FormatArg, String> {
     if s.eq_ignore_ascii_case("auto") {
         return Ok(FormatArg(None));
     }
-    <CamFormat as clap::ValueEnum>::from_str(s, true)
+    s.parse::<CamFormat>()
         .map(|f| FormatArg(Some(f)))
-        .map_err(|_| format!("expected auto, grey, y16, y10, y12, yuyv or mjpeg, got {s:?}"))
+        .map_err(|e| format!("{e} (or auto)"))
 }
 
 impl LiveArgs {
@@ -116,7 +118,7 @@ impl LiveArgs {
 /// `--list-cameras`.
 #[cfg(target_os = "linux")]
 fn list_cameras() -> Result<i32> {
-    use unet_edge::camera::v4l2;
+    use unet_edge::io::camera::v4l2;
     let nodes = v4l2::list_devices();
     if nodes.is_empty() {
         eprintln!(
@@ -173,7 +175,7 @@ fn open_camera(cam: &std::path::Path, a: &LiveArgs) -> Result<Box<dyn FrameSourc
         height: to_u32(a.height),
         fps: (a.fps > 0.0).then_some(a.fps),
     };
-    Ok(Box::new(unet_edge::camera::v4l2::Camera::open(
+    Ok(Box::new(unet_edge::io::camera::v4l2::Camera::open(
         cam, request,
     )?))
 }
@@ -233,7 +235,11 @@ pub fn run(a: LiveArgs) -> Result<i32> {
     };
     let mut pins = open_pins(&a)?;
     let src = open_source(&a)?;
-    let stats = live::run(&mut seg, src, &mut pins, &mut out, &lcfg, &stop, |_| {})?;
+    let sinks = live::Sinks {
+        pins: &mut pins,
+        log: &mut out,
+    };
+    let stats = live::run(&mut seg, src, sinks, &lcfg, &stop, |_| {})?;
     eprintln!(
         "processed {} frames, {} dropped, {} corrupt, {} reconnects, {} write errors",
         stats.processed, stats.dropped, stats.corrupt, stats.reconnects, stats.write_errors
@@ -246,7 +252,7 @@ type BoardPin = linux_embedded_hal::CdevPin;
 
 #[cfg(target_os = "linux")]
 fn open_pins(a: &LiveArgs) -> Result<Pins<BoardPin, BoardPin, BoardPin>> {
-    use unet_edge::gpio::board;
+    use unet_edge::io::gpio::board;
     let trigger = a
         .trigger
         .as_ref()

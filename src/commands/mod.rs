@@ -8,8 +8,8 @@ pub mod segment;
 
 use crate::RunArgs;
 use anyhow::Result;
-use unet_edge::model::Model;
-use unet_edge::segmenter::SegmentConfig;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::segmenter::SegmentConfig;
 
 /// Loads the model and resolves the tiling options against its defaults.
 pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConfig)> {
@@ -18,7 +18,7 @@ pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConf
     if let Some(t) = run.tile {
         cfg.tile = t;
         if run.margin.is_none() {
-            cfg.margin = unet_edge::segmenter::DEFAULT_MARGIN * t / 128;
+            cfg.margin = SegmentConfig::default_margin(&model, t);
         }
     }
     if let Some(m) = run.margin {

@@ -4,9 +4,10 @@ use crate::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use unet_edge::imageio;
-use unet_edge::instances::{InstanceConfig, Instances, Nucleus};
-use unet_edge::segmenter::Segmenter;
+use unet_edge::engine::segmenter::Segmenter;
+use unet_edge::io::imageio;
+use unet_edge::io::record::{FrameRecord, Origin};
+use unet_edge::post::instances::{InstanceConfig, Instances, Nucleus};
 
 /// Options of `segment`.
 #[derive(Args, Debug)]
@@ -122,7 +123,7 @@ fn segment_one(
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-    let count = inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
+    inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
     let summary = inst.summary();
     let name = stem(path);
     let prob: Vec<u8> = seg
@@ -147,22 +148,21 @@ fn segment_one(
         &out.join(format!("{name}.overlay.png")),
         imageio::overlay(seg.normalized(), seg.mask(), w, h),
     )?;
-    let line = serde_json::json!({
-        "input": path.display().to_string(),
-        "width": w,
-        "height": h,
-        "tiles": timing.tiles,
-        "ms_per_tile": round3(timing.ms_per_tile),
-        "ms_per_tile_p50": round3(timing.ms_per_tile_p50),
-        "frame_ms": round3(timing.frame_ms),
-        "foreground_fraction": round3(seg.foreground_fraction()),
-        "nuclei": count,
-        "nuclei_whole": summary.whole,
-        "mean_area_px": round3(summary.mean_area),
-        "mean_intensity": round3(summary.mean_intensity),
-        "mask": mask_path.display().to_string(),
-    });
-    println!("{line}");
+    let (input, mask) = (path.display().to_string(), mask_path.display().to_string());
+    let mut line = String::with_capacity(512);
+    FrameRecord {
+        origin: Origin::File {
+            input: &input,
+            mask: &mask,
+        },
+        width: w,
+        height: h,
+        timing,
+        summary,
+        foreground_fraction: seg.foreground_fraction(),
+    }
+    .write_json(&mut line);
+    print!("{line}");
     Ok(())
 }
 
@@ -189,9 +189,4 @@ fn nuclei_csv(nuclei: &[Nucleus]) -> String {
         ));
     }
     s
-}
-
-/// Rounds for human-sized JSON.
-pub fn round3(v: f32) -> f64 {
-    (v as f64 * 1000.0).round() / 1000.0
 }

@@ -27,18 +27,21 @@ static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 static FREES: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: every call is passed on to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         if counting() {
             ALLOCS.fetch_add(1, Relaxed);
             BYTES.fetch_add(l.size(), Relaxed);
         }
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         if counting() {
             FREES.fetch_add(1, Relaxed);
         }
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
@@ -46,6 +49,7 @@ unsafe impl GlobalAlloc for Counting {
             ALLOCS.fetch_add(1, Relaxed);
             BYTES.fetch_add(n, Relaxed);
         }
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(p, l, n) }
     }
 }

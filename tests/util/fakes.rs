@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 use unet_edge::contract::ModelMeta;
-use unet_edge::gpio::{NoPin, Pins};
+use unet_edge::engine::segmenter::{SegmentConfig, Segmenter, TileBackend};
+use unet_edge::io::gpio::{NoPin, Pins};
+use unet_edge::io::source::{FrameBuf, FrameSource, Next, SourceError};
 use unet_edge::rng::Rng;
-use unet_edge::segmenter::{SegmentConfig, Segmenter, TileBackend};
-use unet_edge::source::{FrameBuf, FrameSource, Next, SourceError};
 use unet_edge::synth::{generate, SynthConfig};
 
 /// Thresholds the tile's own pixels: a network stand-in that allocates nothing.

@@ -8,8 +8,8 @@ pub mod fakes;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use unet_edge::contract::ModelMeta;
-use unet_edge::model::Model;
-use unet_edge::normalize::Normalization;
+use unet_edge::engine::model::Model;
+use unet_edge::engine::normalize::Normalization;
 use unet_edge::onnx_writer::{self, ConvSpec, Dim, ElemType, GraphBuilder};
 use unet_edge::rng::Rng;
 
@@ -67,12 +67,34 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_unet-edge"))
 }
 
+/// The runner for the target the tests were built for, from `CARGO_TARGET_<TRIPLE>_RUNNER` in the
+/// environment (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`; cargo reads `.cargo/config.toml`
+/// to start the test binary but does not pass its runner on, so `.ci/run` exports it), split
+/// into words; empty for native runs.
+pub fn cross_runner() -> Vec<String> {
+    let target = env!("UNET_EDGE_TARGET").to_uppercase().replace('-', "_");
+    std::env::var(format!("CARGO_TARGET_{target}_RUNNER"))
+        .map(|r| r.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// A command that runs the binary, through the cross runner when there is one, like ripgrep's
+/// test harness: the CLI suite runs under qemu for the boards.
+pub fn command() -> Command {
+    let runner = cross_runner();
+    match runner.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    }
+}
+
 /// Runs the binary with `args`.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .output()
-        .expect("binary runs")
+    command().args(args).output().expect("binary runs")
 }
 
 /// Runs the binary and returns stdout, failing the test with stderr when it exits non-zero.

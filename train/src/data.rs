@@ -3,12 +3,13 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use unet_edge::imageio::{list_images, load_gray, load_instance_masks};
-use unet_edge::instances::connected_components;
-use unet_edge::normalize::Normalization;
+use unet_edge::engine::normalize::Normalization;
+use unet_edge::engine::tiling::reflect;
+use unet_edge::io::imageio::{list_images, load_gray, load_instance_masks};
+use unet_edge::post::distance::Edt;
+use unet_edge::post::instances::connected_components;
 use unet_edge::rng::Rng;
 use unet_edge::synth::{self, relabel_dense, Sample, SynthConfig};
-use unet_edge::tiling::reflect;
 
 /// Where training images come from.
 pub enum Dataset {
@@ -285,7 +286,7 @@ pub struct Example {
     pub x: Vec<f32>,
     /// Foreground target (0/1).
     pub y: Vec<f32>,
-    /// Core-channel target (see `unet_edge::instances::core_target`).
+    /// Core-channel target (see `unet_edge::post::targets::core_target`).
     pub c: Vec<f32>,
     /// Loss weight.
     pub w: Vec<f32>,
@@ -381,7 +382,7 @@ pub fn make_example(
             *p += sd * rng.normal();
         }
     }
-    let c = unet_edge::instances::core_target(&labels, t, t);
+    let c = unet_edge::post::targets::core_target(&labels, t, t);
     if gap {
         separate_touching(&mut labels, t, t);
     }
@@ -487,8 +488,8 @@ pub fn separate_touching(labels: &mut [u16], w: usize, h: usize) {
 }
 
 /// Ronneberger's weight map: `1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))` on background pixels,
-/// where d1, d2 are the distances to the nearest and second-nearest nucleus. Distances come from a
-/// chamfer transform of each nucleus inside a window of 3 sigma around it.
+/// where d1, d2 are the distances to the nearest and second-nearest nucleus. Distances come from the
+/// runtime's Euclidean transform of each nucleus inside a window of 3 sigma around it.
 pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -> Vec<f32> {
     let n = labels.iter().copied().max().unwrap_or(0) as usize;
     let mut d1 = vec![f32::INFINITY; w * h];
@@ -503,6 +504,7 @@ pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -
         }
     }
     let mut dist = Vec::new();
+    let mut edt = Edt::default();
     for (l, &(bx0, by0, bx1, by1)) in bbox.iter().enumerate().skip(1) {
         if bx0 == usize::MAX {
             continue;
@@ -511,7 +513,8 @@ pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -
         let (x1, y1) = ((bx1 + reach + 1).min(w), (by1 + reach + 1).min(h));
         let (ww, hh) = (x1 - x0, y1 - y0);
         dist.clear();
-        dist.resize(ww * hh, f32::INFINITY);
+        let far = ((ww + hh) * (ww + hh)) as f32;
+        dist.resize(ww * hh, far);
         for y in 0..hh {
             for x in 0..ww {
                 if labels[(y + y0) * w + x + x0] as usize == l {
@@ -519,7 +522,7 @@ pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -
                 }
             }
         }
-        chamfer(&mut dist, ww, hh);
+        edt.euclidean_in_place(&mut dist, ww, hh);
         for y in 0..hh {
             for x in 0..ww {
                 let i = (y + y0) * w + x + x0;
@@ -547,47 +550,6 @@ pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -
             }
         })
         .collect()
-}
-
-fn chamfer(d: &mut [f32], w: usize, h: usize) {
-    const A: f32 = 1.0;
-    const B: f32 = std::f32::consts::SQRT_2;
-    for y in 0..h {
-        for x in 0..w {
-            let mut v = d[y * w + x];
-            if x > 0 {
-                v = v.min(d[y * w + x - 1] + A)
-            }
-            if y > 0 {
-                v = v.min(d[(y - 1) * w + x] + A);
-                if x > 0 {
-                    v = v.min(d[(y - 1) * w + x - 1] + B)
-                }
-                if x + 1 < w {
-                    v = v.min(d[(y - 1) * w + x + 1] + B)
-                }
-            }
-            d[y * w + x] = v;
-        }
-    }
-    for y in (0..h).rev() {
-        for x in (0..w).rev() {
-            let mut v = d[y * w + x];
-            if x + 1 < w {
-                v = v.min(d[y * w + x + 1] + A)
-            }
-            if y + 1 < h {
-                v = v.min(d[(y + 1) * w + x] + A);
-                if x + 1 < w {
-                    v = v.min(d[(y + 1) * w + x + 1] + B)
-                }
-                if x > 0 {
-                    v = v.min(d[(y + 1) * w + x - 1] + B)
-                }
-            }
-            d[y * w + x] = v;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -657,7 +619,10 @@ mod tests {
                 .count();
         assert_eq!(same, 128 * 128);
         // The core target is the runtime's definition on the same labels, inside the foreground.
-        assert_eq!(e.c, unet_edge::instances::core_target(&s.labels, 128, 128));
+        assert_eq!(
+            e.c,
+            unet_edge::post::targets::core_target(&s.labels, 128, 128)
+        );
         assert!(e.c.iter().zip(&e.y).all(|(c, y)| *c <= *y));
         let core: f32 = e.c.iter().sum();
         let fg: f32 = e.y.iter().sum();
@@ -694,7 +659,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("images")).unwrap();
         std::fs::create_dir_all(dir.path().join("labels")).unwrap();
         for (name, n) in [("aaa", 3u16), ("bbb", 1)] {
-            unet_edge::imageio::save_gray8(
+            unet_edge::io::imageio::save_gray8(
                 &dir.path().join(format!("images/{name}.png")),
                 4,
                 2,
@@ -702,7 +667,7 @@ mod tests {
             )
             .unwrap();
             let labels: Vec<u16> = (0..8).map(|i| (i as u16) % (n + 1)).collect();
-            unet_edge::imageio::save_gray16(
+            unet_edge::io::imageio::save_gray16(
                 &dir.path().join(format!("labels/{name}.png")),
                 4,
                 2,
@@ -739,11 +704,11 @@ mod tests {
         assert!(e.contains("no training images"), "{e}");
         let id = dir.path().join("abc");
         std::fs::create_dir_all(id.join("images")).unwrap();
-        unet_edge::imageio::save_gray8(&id.join("images/abc.png"), 4, 4, vec![0; 16]).unwrap();
+        unet_edge::io::imageio::save_gray8(&id.join("images/abc.png"), 4, 4, vec![0; 16]).unwrap();
         let e = format!("{:#}", load_named(dir.path()).err().unwrap());
         assert!(e.contains("missing masks") && e.contains("abc.png"), "{e}");
         std::fs::create_dir_all(id.join("masks")).unwrap();
-        unet_edge::imageio::save_gray8(&id.join("masks/m1.png"), 5, 4, vec![255; 20]).unwrap();
+        unet_edge::io::imageio::save_gray8(&id.join("masks/m1.png"), 5, 4, vec![255; 20]).unwrap();
         let e = format!("{:#}", load_named(dir.path()).err().unwrap());
         assert!(e.contains("masks") && e.contains("5x4"), "{e}");
     }

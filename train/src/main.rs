@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut scratch = Vec::new();
             for k in 0..count {
                 let mut s = generate(&mut Rng::new(seed + k as u64), size, size, &cfg);
-                unet_edge::normalize::Normalization::Percentile {
+                unet_edge::engine::normalize::Normalization::Percentile {
                     low: 0.5,
                     high: 99.9,
                 }
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            unet_edge::imageio::save_gray8(&out, w, h, sheet)
+            unet_edge::io::imageio::save_gray8(&out, w, h, sheet)
         }
         Command::Synth {
             out,
@@ -260,8 +260,13 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|v| v.clamp(0.0, 65535.0) as u16)
                     .collect();
-                unet_edge::imageio::save_gray16(&out.join("images").join(&name), size, size, img)?;
-                unet_edge::imageio::save_gray16(
+                unet_edge::io::imageio::save_gray16(
+                    &out.join("images").join(&name),
+                    size,
+                    size,
+                    img,
+                )?;
+                unet_edge::io::imageio::save_gray16(
                     &out.join("masks").join(&name),
                     size,
                     size,

@@ -12,8 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use unet_edge::contract::{ModelMeta, OutputKind, KEY_DIAMETER};
-use unet_edge::imageio::write_atomic;
+use unet_edge::contract::{
+    ModelMeta, OutputKind, KEY_DIAMETER, KEY_SEED, KEY_TRAINER, KEY_TRAINING_DATA, KEY_TRAIN_STEPS,
+    KEY_VALIDATION,
+};
+use unet_edge::io::imageio::write_atomic;
+use unet_edge::post::metrics::PixelOverlap as Overlap;
 use unet_edge::rng::Rng;
 use unet_edge::synth::SynthConfig;
 use unet_edge::unet::UNetSpec;
@@ -100,6 +104,15 @@ pub struct TrainState {
     pub best_groups: std::collections::BTreeMap<String, InstanceMeans>,
 }
 
+/// A whole validation image with its group.
+type Grouped = (String, Named);
+
+/// Whole-image figures over all validation images and per group.
+type WholeImageScores = (
+    InstanceMeans,
+    std::collections::BTreeMap<String, InstanceMeans>,
+);
+
 /// Means over whole images of what `unet-edge segment` + `eval` report.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct InstanceMeans {
@@ -114,8 +127,10 @@ pub struct InstanceMeans {
 }
 
 impl InstanceMeans {
-    fn of<'a>(scores: impl IntoIterator<Item = &'a unet_edge::metrics::Scores>) -> InstanceMeans {
-        let m = unet_edge::metrics::ImageMean::of(scores);
+    fn of<'a>(
+        scores: impl IntoIterator<Item = &'a unet_edge::post::metrics::Scores>,
+    ) -> InstanceMeans {
+        let m = unet_edge::post::metrics::ImageMean::of(scores);
         InstanceMeans {
             images: m.images,
             f1: m.f1_at_05,
@@ -237,43 +252,14 @@ fn channel(logits: Tensor<4>, c: usize) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-/// Foreground overlap of logits thresholded at 0 (probability 0.5) with 0/1 targets.
-#[derive(Default)]
-struct Overlap {
-    inter: f64,
-    pred: f64,
-    truth: f64,
-}
-
-impl Overlap {
-    fn add<'a>(&mut self, logits: &[f32], targets: impl Iterator<Item = &'a f32>) {
-        for (z, y) in logits.iter().zip(targets) {
-            let p = f64::from(*z > 0.0);
-            self.inter += p * *y as f64;
-            self.pred += p;
-            self.truth += *y as f64;
-        }
-    }
-
-    /// Dice; 1 when both are empty.
-    fn dice(&self) -> f64 {
-        let s = self.pred + self.truth;
-        if s == 0.0 {
-            1.0
-        } else {
-            2.0 * self.inter / s
-        }
-    }
-
-    /// IoU; 1 when both are empty.
-    fn iou(&self) -> f64 {
-        let union = self.pred + self.truth - self.inter;
-        if union == 0.0 {
-            1.0
-        } else {
-            self.inter / union
-        }
-    }
+/// Counts logits thresholded at 0 (probability 0.5) against 0/1 targets.
+fn add_logits<'a>(o: &mut Overlap, logits: &[f32], targets: impl Iterator<Item = &'a f32>) {
+    o.add(
+        logits
+            .iter()
+            .zip(targets)
+            .map(|(z, y)| (*z > 0.0, *y > 0.5)),
+    );
 }
 
 /// Pixel Dice and IoU of `model` on `val` at threshold 0.5.
@@ -287,10 +273,10 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
         let out = model.forward(x);
         if outputs > 1 {
             let z1 = channel(out.clone(), 1)?;
-            core.add(&z1, chunk.iter().flat_map(|e| e.c.iter()));
+            add_logits(&mut core, &z1, chunk.iter().flat_map(|e| e.c.iter()));
         }
         let logits = foreground(out)?;
-        overlap.add(&logits, chunk.iter().flat_map(|e| e.y.iter()));
+        add_logits(&mut overlap, &logits, chunk.iter().flat_map(|e| e.y.iter()));
     }
     let (dice, iou) = (overlap.dice(), overlap.iou());
     Ok(ValScore {
@@ -409,7 +395,7 @@ fn split_validation(
     root: &Path,
     samples: Vec<Named>,
     cfg: &TrainConfig,
-) -> Result<(Vec<Named>, Vec<(String, Named)>)> {
+) -> Result<(Vec<Named>, Vec<Grouped>)> {
     if cfg.val_groups.is_empty() {
         let mut train = samples;
         let n_val = (train.len() / 5).max(1);
@@ -461,16 +447,13 @@ fn split_validation(
 pub fn validate_instances(
     model: &UNet,
     cfg: &TrainConfig,
-    val: &[(String, Named)],
-) -> Result<(
-    InstanceMeans,
-    std::collections::BTreeMap<String, InstanceMeans>,
-)> {
-    use unet_edge::instances::{InstanceConfig, Instances};
-    use unet_edge::metrics::Scores;
-    use unet_edge::segmenter::{SegmentConfig, Segmenter};
+    val: &[Grouped],
+) -> Result<WholeImageScores> {
+    use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
+    use unet_edge::post::instances::{InstanceConfig, Instances};
+    use unet_edge::post::metrics::Scores;
     let bytes = onnx_bytes(model, cfg, &TrainState::default())?;
-    let m = unet_edge::model::Model::from_bytes(&bytes, "checkpoint")?;
+    let m = unet_edge::engine::model::Model::from_bytes(&bytes, "checkpoint")?;
     let mut seg = Segmenter::new(
         &m,
         SegmentConfig {
@@ -499,14 +482,8 @@ pub fn validate_instances(
     Ok((all, per_group))
 }
 
-/// Trains (or resumes) a run in `dir`, optionally starting from the best weights of run
-/// `init` (its head grown to this run's outputs); returns the final state.
-pub fn train(
-    cfg: TrainConfig,
-    dir: &Path,
-    resume: bool,
-    init: Option<&Path>,
-) -> Result<TrainState> {
+/// Rejects option values no run can use.
+fn check_options(cfg: &TrainConfig) -> Result<()> {
     if !cfg.tile.is_multiple_of(1 << cfg.depth) {
         bail!(
             "--tile {} must be a multiple of 2^depth = {}",
@@ -517,16 +494,65 @@ pub fn train(
     if cfg.batch == 0 || cfg.steps == 0 || cfg.epoch_steps == 0 {
         bail!("--batch, --steps and --epoch-steps must be at least 1");
     }
-    let run = RunDir(dir.to_path_buf());
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating run directory {}", dir.display()))?;
-    let device = Device::flex().autodiff();
     if !(1..=2).contains(&cfg.outputs) {
         bail!(
             "--outputs {}: expected 1 (foreground) or 2 (foreground, core)",
             cfg.outputs
         );
     }
+    Ok(())
+}
+
+/// Only --steps may change on resume (to extend a run); anything else would mix two runs.
+fn check_resume(cfg: &TrainConfig, run: &RunDir) -> Result<()> {
+    let saved: TrainConfig = serde_json::from_slice(
+        &std::fs::read(run.config())
+            .with_context(|| format!("--resume: no {}", run.config().display()))?,
+    )?;
+    if (TrainConfig {
+        steps: cfg.steps,
+        ..saved
+    }) != *cfg
+    {
+        bail!(
+            "--resume: the options differ from the run's {} (only --steps may change); resume with the same options",
+            run.config().display()
+        );
+    }
+    Ok(())
+}
+
+/// The training examples of step `step`: a fixed function of the seed and the step, so a resumed
+/// run sees what an uninterrupted one would have.
+fn batch_of_step(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    aug: &Augment,
+    border: Option<(f32, f32)>,
+    step: usize,
+) -> Vec<Example> {
+    let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+    (0..cfg.batch)
+        .map(|j| {
+            let idx = (step * cfg.batch + j) as u64;
+            make_example(&data.draw(idx, &mut rng), aug, &mut rng, border, cfg.gap)
+        })
+        .collect()
+}
+
+/// Trains (or resumes) a run in `dir`, optionally starting from the best weights of run
+/// `init` (its head grown to this run's outputs); returns the final state.
+pub fn train(
+    cfg: TrainConfig,
+    dir: &Path,
+    resume: bool,
+    init: Option<&Path>,
+) -> Result<TrainState> {
+    check_options(&cfg)?;
+    let run = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let device = Device::flex().autodiff();
     let spec = UNetSpec {
         base: cfg.base,
         depth: cfg.depth,
@@ -548,21 +574,7 @@ pub fn train(
     let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
     let mut state = TrainState::default();
     if resume {
-        let saved: TrainConfig = serde_json::from_slice(
-            &std::fs::read(run.config())
-                .with_context(|| format!("--resume: no {}", run.config().display()))?,
-        )?;
-        // Only --steps may change on resume (to extend a run); anything else would mix two runs.
-        if (TrainConfig {
-            steps: cfg.steps,
-            ..saved.clone()
-        }) != cfg
-        {
-            bail!(
-                "--resume: the options differ from the run's {} (only --steps may change); resume with the same options",
-                run.config().display()
-            );
-        }
+        check_resume(&cfg, &run)?;
         write_atomic(
             &run.config(),
             serde_json::to_string_pretty(&cfg)?.as_bytes(),
@@ -609,13 +621,7 @@ pub fn train(
     let start_step = state.step;
     while state.step < cfg.steps {
         let step = state.step;
-        let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
-        let examples: Vec<Example> = (0..cfg.batch)
-            .map(|j| {
-                let idx = (step * cfg.batch + j) as u64;
-                make_example(&data.draw(idx, &mut rng), &aug, &mut rng, border, cfg.gap)
-            })
-            .collect();
+        let examples = batch_of_step(&cfg, &data, &aug, border, step);
         let (x, y, c, w) = batch(&examples, cfg.tile, &device);
         let logits = model.forward(x);
         let l = loss(logits.clone(), y, c, w, &cfg);
@@ -628,7 +634,7 @@ pub fn train(
         // Training Dice from this batch's predictions, for the progress line.
         let p = foreground(logits).unwrap_or_default();
         let mut overlap = Overlap::default();
-        overlap.add(&p, examples.iter().flat_map(|e| e.y.iter()));
+        add_logits(&mut overlap, &p, examples.iter().flat_map(|e| e.y.iter()));
         let dice = overlap.dice() as f32;
         ema_loss = if ema_loss.is_nan() {
             loss_v
@@ -657,54 +663,17 @@ pub fn train(
             );
         }
         if state.step % cfg.epoch_steps == 0 || state.step == cfg.steps {
-            let v = validate(&model, &val, cfg.tile, &device)?;
-            let whole = if val_full.is_empty() {
-                None
-            } else {
-                Some(validate_instances(&model.valid(), &cfg, &val_full)?)
-            };
             state.seconds = seconds_before + t_start.elapsed().as_secs_f64();
-            state.history.push((state.step, ema_loss, v.dice, v.iou));
-            if let Some((m, _)) = &whole {
-                state.instance_history.push((state.step, *m));
-            }
-            let line = format!(
-                "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}{}{}  ({:.2} s/step)",
-                state.step,
-                v.dice,
-                v.iou,
-                v.core_dice
-                    .map(|c| format!("  val core dice {c:.4}"))
-                    .unwrap_or_default(),
-                whole
-                    .as_ref()
-                    .map(|(m, _)| format!(
-                        "  whole images: F1 {:.4} DSB {:.4} Dice {:.4}",
-                        m.f1, m.dsb, m.dice
-                    ))
-                    .unwrap_or_default(),
-                t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64
-            );
+            let per_step =
+                t_start.elapsed().as_secs_f64() / (state.step - start_step).max(1) as f64;
+            let line = validate_and_keep_best(
+                &model, &cfg, &run, &mut state, &val, &val_full, ema_loss, &device,
+            )?;
+            let line = format!("{line}  ({per_step:.2} s/step)");
             if bar.is_hidden() {
                 eprintln!("{line}");
             } else {
                 bar.println(line);
-            }
-            let score = whole.as_ref().map_or(v.score(), |(m, _)| m.score());
-            let improved = state.best_step == 0 || score >= state.best_score;
-            if improved {
-                if let Some((_, g)) = &whole {
-                    state.best_groups = g.clone();
-                }
-                state.best_score = score;
-                state.best_dice = v.dice;
-                state.best_iou = v.iou;
-                state.best_step = state.step;
-                model
-                    .clone()
-                    .save_file(run.best())
-                    .map_err(|e| anyhow::anyhow!("saving best: {e:?}"))?;
-                export(&model, &cfg, &state, &run.best_onnx())?;
             }
             model
                 .clone()
@@ -736,6 +705,64 @@ pub fn train(
     Ok(state)
 }
 
+/// Validates `model` at `state.step` (tiles, and whole images through the runtime when there
+/// are any), records it in `state`, and saves and exports it as the best checkpoint when its
+/// selection score is the best so far; returns the progress line.
+#[allow(clippy::too_many_arguments)]
+fn validate_and_keep_best(
+    model: &UNet,
+    cfg: &TrainConfig,
+    run: &RunDir,
+    state: &mut TrainState,
+    val: &[Example],
+    val_full: &[(String, Named)],
+    ema_loss: f32,
+    device: &Device,
+) -> Result<String> {
+    let v = validate(model, val, cfg.tile, device)?;
+    let whole = if val_full.is_empty() {
+        None
+    } else {
+        Some(validate_instances(&model.valid(), cfg, val_full)?)
+    };
+    state.history.push((state.step, ema_loss, v.dice, v.iou));
+    if let Some((m, _)) = &whole {
+        state.instance_history.push((state.step, *m));
+    }
+    let line = format!(
+        "step {:6}  loss {ema_loss:.4}  val dice {:.4}  val iou {:.4}{}{}",
+        state.step,
+        v.dice,
+        v.iou,
+        v.core_dice
+            .map(|c| format!("  val core dice {c:.4}"))
+            .unwrap_or_default(),
+        whole
+            .as_ref()
+            .map(|(m, _)| format!(
+                "  whole images: F1 {:.4} DSB {:.4} Dice {:.4}",
+                m.f1, m.dsb, m.dice
+            ))
+            .unwrap_or_default(),
+    );
+    let score = whole.as_ref().map_or(v.score(), |(m, _)| m.score());
+    if state.best_step == 0 || score >= state.best_score {
+        if let Some((_, g)) = &whole {
+            state.best_groups = g.clone();
+        }
+        state.best_score = score;
+        state.best_dice = v.dice;
+        state.best_iou = v.iou;
+        state.best_step = state.step;
+        model
+            .clone()
+            .save_file(run.best())
+            .map_err(|e| anyhow::anyhow!("saving best: {e:?}"))?;
+        export(model, cfg, state, &run.best_onnx())?;
+    }
+    Ok(line)
+}
+
 /// Writes `model` as an ONNX file with the contract's metadata.
 pub fn export(model: &UNet, cfg: &TrainConfig, state: &TrainState, out: &Path) -> Result<()> {
     write_atomic(out, &onnx_bytes(model, cfg, state)?)
@@ -750,20 +777,39 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState) -> Result<Vec
         ..Default::default()
     };
     meta.props.insert(KEY_DIAMETER.into(), "5-56".into());
-    meta.props
-        .insert("unet_edge.training_data".into(), cfg.data.clone());
+    let data = if cfg.data == "synthetic" {
+        cfg.data.clone()
+    } else {
+        format!(
+            "{} (validation groups: {}; synthetic share {})",
+            cfg.data,
+            cfg.val_groups.join(","),
+            cfg.synthetic_ratio
+        )
+    };
+    meta.props.insert(KEY_TRAINING_DATA.into(), data);
     meta.props.insert(
-        "unet_edge.trainer".into(),
+        KEY_TRAINER.into(),
         format!("unet-train {}", env!("CARGO_PKG_VERSION")),
     );
     meta.props
-        .insert("unet_edge.train_steps".into(), state.step.to_string());
+        .insert(KEY_TRAIN_STEPS.into(), state.step.to_string());
+    let whole = state
+        .instance_history
+        .iter()
+        .find(|(step, _)| *step == state.best_step)
+        .map(|(_, m)| {
+            format!(
+                "; {} whole validation images: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
+                m.images, m.f1, m.dsb, m.dice
+            )
+        })
+        .unwrap_or_default();
     meta.props.insert(
-        "unet_edge.val_dice".into(),
-        format!("{:.4}", state.best_dice),
+        KEY_VALIDATION.into(),
+        format!("tile Dice {:.4}{whole}", state.best_dice),
     );
-    meta.props
-        .insert("unet_edge.seed".into(), cfg.seed.to_string());
+    meta.props.insert(KEY_SEED.into(), cfg.seed.to_string());
     let proto = weights.to_onnx(&meta)?;
     Ok(unet_edge::onnx_writer::encode(&proto))
 }
@@ -803,7 +849,7 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unet_edge::model::Model;
+    use unet_edge::engine::model::Model;
 
     fn tiny(steps: usize) -> TrainConfig {
         TrainConfig {

@@ -1,8 +1,7 @@
 //! Loading a U-Net ONNX into tract: contract checks, metadata, and the fixed-shape optimized plan.
 
-use crate::arena::{Arena, ArenaStats};
 use crate::contract::ModelMeta;
-use crate::onnx_writer;
+use crate::engine::arena::{Arena, ArenaStats};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +9,7 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::Cost;
+use unet_graph::onnx_writer;
 
 /// The model the binary embeds, when one was present at build time.
 pub fn embedded_model() -> Option<&'static [u8]> {
@@ -151,9 +151,9 @@ impl Model {
     }
 
     /// The graph the runtime executes: the model's, with the decoder's upsample + concat +
-    /// convolution folded (see [`crate::upsample_fold`]).
+    /// convolution folded (see [`unet_graph::upsample_fold`]).
     fn executed_graph(&self) -> Result<pb::ModelProto> {
-        let (folded, _) = crate::upsample_fold::fold(&self.proto)
+        let (folded, _) = unet_graph::upsample_fold::fold(&self.proto)
             .with_context(|| format!("model {}: folding the decoder's upsampling", self.source))?;
         Ok(folded)
     }
@@ -210,7 +210,7 @@ impl Model {
     /// The optimized, runnable plan for `[batch,1,tile,tile]` input.
     pub fn plan(&self, batch: usize, tile: usize) -> Result<TilePlan> {
         let typed = self.typed_from(&self.executed_graph()?, batch, tile)?;
-        let optimized = crate::plan_passes::optimize(typed)
+        let optimized = unet_graph::plan_passes::optimize(typed)
             .with_context(|| format!("optimizing model {}", self.source))?;
         let plan = optimized.into_runnable_with_options(&RunOptions::default())?;
         Ok(TilePlan {
@@ -232,7 +232,7 @@ impl Model {
         pad: usize,
         multiple: usize,
     ) -> Result<Vec<f32>> {
-        use crate::tiling::reflect;
+        use crate::engine::tiling::reflect;
         let m = multiple.max(1);
         let pw = (w + 2 * pad).div_ceil(m) * m;
         let ph = (h + 2 * pad).div_ceil(m) * m;
@@ -248,7 +248,7 @@ impl Model {
             .with_input_fact(0, f32::fact([1, 1, ph, pw]).into())?
             .into_typed()?
             .into_decluttered()?;
-        let plan = crate::plan_passes::optimize(typed)?
+        let plan = unet_graph::plan_passes::optimize(typed)?
             .into_runnable_with_options(&RunOptions::default())?;
         let input = Tensor::from_shape(&[1, 1, ph, pw], &padded)?;
         let out = plan.run(tvec!(input.into()))?.remove(0);
@@ -320,7 +320,7 @@ impl TilePlan {
             state,
             input,
             output: vec![0.0; self.batch * self.channels * self.tile * self.tile],
-            arena: crate::arena::installed().then(Arena::new),
+            arena: crate::engine::arena::installed().then(Arena::new),
             batch: self.batch,
             tile: self.tile,
             channels: self.channels,

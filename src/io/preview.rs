@@ -27,6 +27,26 @@ struct Shared {
     clients: AtomicUsize,
 }
 
+/// One of the [`MAX_CLIENTS`] client slots, given back when dropped: whether the client's thread
+/// ends or never starts.
+struct ClientSlot(Arc<Shared>);
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>) -> Option<ClientSlot> {
+        if shared.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(ClientSlot(shared.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The running server; the frame loop publishes into it.
 #[derive(Clone)]
 pub struct Preview {
@@ -69,28 +89,25 @@ impl Preview {
             .name("preview".into())
             .spawn(move || {
                 for conn in listener.incoming().flatten() {
-                    if s.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                        s.clients.fetch_sub(1, Ordering::SeqCst);
+                    let Some(slot) = ClientSlot::take(&s) else {
                         let _ = refuse(conn);
                         continue;
-                    }
-                    let s = s.clone();
+                    };
                     let spawned = std::thread::Builder::new()
                         .name("preview-client".into())
                         .spawn(move || {
-                            let _ = serve(conn, &s);
-                            s.clients.fetch_sub(1, Ordering::SeqCst);
+                            let _ = serve(conn, &slot.0);
                         });
                     if spawned.is_err() {
-                        // The closure (and its decrement) never ran.
-                        eprintln!("warning: preview: cannot start a client thread");
+                        // The closure was dropped unrun, and its slot with it.
+                        log::warn!("preview: cannot start a client thread");
                     }
                 }
             })
             .context("starting the preview thread")?;
         if !addr.ip().is_loopback() {
-            eprintln!(
-                "note: the preview on {addr} is reachable from the network, without authentication"
+            log::warn!(
+                "the preview on {addr} is reachable from the network, without authentication"
             );
         }
         Ok(Preview { shared, addr })
@@ -106,7 +123,7 @@ impl Preview {
     pub fn publish(&self, normalized: &[f32], mask: &[u8], width: usize, height: usize) {
         let mut l = self.shared.latest.lock().expect("preview lock");
         l.rgb.resize(width * height * 3, 0);
-        crate::imageio::overlay_into(normalized, mask, width, height, &mut l.rgb);
+        crate::io::imageio::overlay_into(normalized, mask, width, height, &mut l.rgb);
         l.width = width;
         l.height = height;
         l.generation += 1;
@@ -202,6 +219,30 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_slots_come_back_when_dropped_even_unused() {
+        let shared = Arc::new(Shared {
+            latest: Mutex::new(Latest::default()),
+            fresh: Condvar::new(),
+            clients: AtomicUsize::new(0),
+        });
+        let mut slots: Vec<ClientSlot> = (0..MAX_CLIENTS)
+            .map(|_| ClientSlot::take(&shared).expect("a free slot"))
+            .collect();
+        assert!(ClientSlot::take(&shared).is_none(), "all slots taken");
+        // A client thread that never starts drops its closure, and the slot in it.
+        let closure = {
+            let slot = slots.pop().unwrap();
+            move || drop(slot)
+        };
+        drop(closure);
+        let again = ClientSlot::take(&shared);
+        assert!(again.is_some(), "the slot came back");
+        assert_eq!(shared.clients.load(Ordering::SeqCst), MAX_CLIENTS);
+        drop((slots, again));
+        assert_eq!(shared.clients.load(Ordering::SeqCst), 0);
+    }
     use std::io::Read;
 
     fn get(addr: SocketAddr, path: &str, max: usize) -> Vec<u8> {

@@ -37,9 +37,57 @@ pub struct Scores {
     /// Mean over the DSB thresholds of TP / (TP + FP + FN).
     pub dsb2018_score: f64,
     #[serde(skip)]
-    pixels: (u64, u64, u64),
+    pixels: PixelOverlap,
     #[serde(skip)]
     tp_at: [usize; 10],
+}
+
+/// Foreground pixel counts of a prediction against a reference, pooled over any number of
+/// images: the one definition of pixel Dice and IoU (eval, training validation, quantization).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PixelOverlap {
+    /// Pixels foreground in both.
+    pub both: u64,
+    /// Pixels foreground in the prediction.
+    pub pred: u64,
+    /// Pixels foreground in the reference.
+    pub truth: u64,
+}
+
+impl PixelOverlap {
+    /// Counts pixel pairs (prediction, reference) that are foreground or not.
+    pub fn add(&mut self, pairs: impl IntoIterator<Item = (bool, bool)>) {
+        for (p, t) in pairs {
+            self.both += u64::from(p && t);
+            self.pred += u64::from(p);
+            self.truth += u64::from(t);
+        }
+    }
+
+    /// Counts two masks (non-zero = foreground) of equal size.
+    pub fn add_masks(&mut self, pred: &[u8], truth: &[u8]) {
+        self.add(pred.iter().zip(truth).map(|(&p, &t)| (p != 0, t != 0)));
+    }
+
+    /// Adds another set's counts.
+    pub fn merge(&mut self, o: &PixelOverlap) {
+        self.both += o.both;
+        self.pred += o.pred;
+        self.truth += o.truth;
+    }
+
+    /// 2|P∩T| / (|P|+|T|); 1 when both are empty.
+    pub fn dice(&self) -> f64 {
+        ratio(2.0 * self.both as f64, (self.pred + self.truth) as f64)
+    }
+
+    /// |P∩T| / |P∪T|; 1 when both are empty.
+    pub fn iou(&self) -> f64 {
+        ratio(
+            self.both as f64,
+            (self.pred + self.truth - self.both) as f64,
+        )
+    }
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -58,21 +106,19 @@ impl Scores {
         let mut area_p: HashMap<u32, u64> = HashMap::new();
         let mut area_t: HashMap<u32, u64> = HashMap::new();
         let mut inter: HashMap<(u32, u32), u64> = HashMap::new();
-        let (mut both, mut pf, mut tf) = (0u64, 0u64, 0u64);
+        let mut pixels = PixelOverlap::default();
         for (&p, &t) in pred.iter().zip(truth) {
             if p != 0 {
                 *area_p.entry(p).or_default() += 1;
-                pf += 1;
             }
             if t != 0 {
                 *area_t.entry(t).or_default() += 1;
-                tf += 1;
             }
             if p != 0 && t != 0 {
                 *inter.entry((p, t)).or_default() += 1;
-                both += 1;
             }
         }
+        pixels.add(pred.iter().zip(truth).map(|(&p, &t)| (p != 0, t != 0)));
         // IoU > 0.5 makes a pair unique on both sides, so the matching at every DSB threshold is
         // just the pairs above it.
         let mut tp_at = [0usize; 10];
@@ -87,7 +133,7 @@ impl Scores {
         let mut s = Scores {
             n_pred: area_p.len(),
             n_true: area_t.len(),
-            pixels: (both, pf, tf),
+            pixels,
             tp_at,
             ..Default::default()
         };
@@ -99,9 +145,7 @@ impl Scores {
     pub fn accumulate(&mut self, o: &Scores) {
         self.n_pred += o.n_pred;
         self.n_true += o.n_true;
-        self.pixels.0 += o.pixels.0;
-        self.pixels.1 += o.pixels.1;
-        self.pixels.2 += o.pixels.2;
+        self.pixels.merge(&o.pixels);
         for k in 0..10 {
             self.tp_at[k] += o.tp_at[k];
         }
@@ -109,9 +153,8 @@ impl Scores {
     }
 
     fn finish(&mut self) {
-        let (both, pf, tf) = self.pixels;
-        self.pixel_dice = ratio(2.0 * both as f64, (pf + tf) as f64);
-        self.pixel_iou = ratio(both as f64, (pf + tf - both) as f64);
+        self.pixel_dice = self.pixels.dice();
+        self.pixel_iou = self.pixels.iou();
         let (np, nt) = (self.n_pred as f64, self.n_true as f64);
         let ap = |tp: usize| ratio(tp as f64, np + nt - tp as f64);
         self.tp = self.tp_at[0];

@@ -4,9 +4,9 @@
 //! afterwards allocates nothing in this module (see the counting-allocator test in `tests/`).
 
 use crate::contract::{ModelMeta, OutputKind};
-use crate::model::{Model, TilePlan, TileRunner};
-use crate::tiling::TileGrid;
-use crate::workers::Workers;
+use crate::engine::model::{Model, TilePlan, TileRunner};
+use crate::engine::tiling::TileGrid;
+use crate::engine::workers::Workers;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -30,12 +30,18 @@ pub struct SegmentConfig {
 }
 
 impl SegmentConfig {
-    /// Defaults for a model: its tile size, a margin scaled from [`DEFAULT_MARGIN`], batch 1, 1 thread.
+    /// The margin used when none is asked for: the model's recorded margin, else
+    /// [`DEFAULT_MARGIN`] scaled with the tile side.
+    pub fn default_margin(model: &Model, tile: usize) -> usize {
+        model.meta.margin.unwrap_or(DEFAULT_MARGIN * tile / 128)
+    }
+
+    /// Defaults for a model: its tile size, [`SegmentConfig::default_margin`], batch 1, 1 thread.
     pub fn for_model(model: &Model) -> SegmentConfig {
         let tile = model.default_tile();
         SegmentConfig {
             tile,
-            margin: model.meta.margin.unwrap_or(DEFAULT_MARGIN * tile / 128),
+            margin: Self::default_margin(model, tile),
             batch: 1,
             threads: 1,
             threshold: model.meta.threshold,
@@ -115,6 +121,7 @@ struct SharedOut {
 }
 // SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
 unsafe impl Send for SharedOut {}
+// SAFETY: as for Send: no two threads write the same element.
 unsafe impl Sync for SharedOut {}
 
 /// The runners, shared with the worker threads; job `i` uses runner `i` alone.
@@ -122,6 +129,7 @@ unsafe impl Sync for SharedOut {}
 struct Runners<B>(*mut B);
 // SAFETY: each job dereferences a distinct runner, and `B: Send` lets it move between threads.
 unsafe impl<B: Send> Send for Runners<B> {}
+// SAFETY: as for Send: no two jobs share a runner.
 unsafe impl<B: Send> Sync for Runners<B> {}
 
 impl<B> Runners<B> {
@@ -131,6 +139,7 @@ impl<B> Runners<B> {
     /// `i` is in bounds and no other reference to runner `i` is alive.
     #[allow(clippy::mut_from_ref)]
     unsafe fn get(&self, i: usize) -> &mut B {
+        // SAFETY: the caller keeps `i` in bounds and the reference unique.
         unsafe { &mut *self.0.add(i) }
     }
 }
@@ -227,7 +236,7 @@ impl<B: TileBackend> Segmenter<B> {
             self.mask.resize(n, 0);
             self.tile_ms.resize(grid.len(), 0.0);
             self.scratch
-                .reserve(crate::normalize::MAX_PERCENTILE_SAMPLES.min(n));
+                .reserve(crate::engine::normalize::MAX_PERCENTILE_SAMPLES.min(n));
             self.grid = Some(grid);
         }
         Ok(self.grid.as_ref().expect("just set"))

@@ -383,7 +383,7 @@ pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
 mod tests {
     use super::*;
     use crate::onnx_writer::{Attr, Dim, ElemType, GraphBuilder};
-    use crate::rng::Rng;
+    use crate::testing::Lcg;
     use tract_onnx::prelude::*;
 
     /// Quantize → 3x3 QLinearConv (per-channel weight scales, k0 = 0) → Dequantize, the form
@@ -399,7 +399,7 @@ mod tests {
     }
 
     fn qconv_model(cin: usize, cout: usize, seed: u64) -> TypedModel {
-        let mut rng = Rng::new(seed);
+        let mut rng = Lcg::new(seed);
         let mut g = GraphBuilder::new("q");
         let dims = |c| [Dim::Fixed(1), Dim::Fixed(c), Dim::Fixed(12), Dim::Fixed(12)];
         let x = g.input("x", ElemType::F32, &dims(cin));
@@ -461,7 +461,7 @@ mod tests {
             for o in ["Scale", "Min", "Max"] {
                 assert!(!our_ops.iter().any(|x| x == o), "{o} left in {our_ops:?}");
             }
-            let mut rng = Rng::new(seed + 10);
+            let mut rng = Lcg::new(seed + 10);
             let data: Vec<f32> = (0..cin * 144).map(|_| rng.uniform() * 6.0 - 3.0).collect();
             let input = Tensor::from_shape(&[1, cin, 12, 12], &data).unwrap();
             let a = run(stock, &input);
@@ -477,7 +477,7 @@ mod tests {
 
     /// Float 3x3 Conv (pad 1) → Relu at `side`x`side`.
     fn fconv_relu_model(cin: usize, cout: usize, side: usize, seed: u64) -> TypedModel {
-        let mut rng = Rng::new(seed);
+        let mut rng = Lcg::new(seed);
         let mut g = GraphBuilder::new("f");
         let dims = |c| {
             [
@@ -525,7 +525,7 @@ mod tests {
                     "{our_ops:?}"
                 );
             }
-            let mut rng = Rng::new(seed + 10);
+            let mut rng = Lcg::new(seed + 10);
             let data: Vec<f32> = (0..cin * side * side)
                 .map(|_| rng.uniform() * 2.0 - 1.0)
                 .collect();
@@ -536,7 +536,7 @@ mod tests {
                 a.to_plain_array_view::<f32>().unwrap().to_owned(),
                 b.to_plain_array_view::<f32>().unwrap().to_owned(),
             );
-            let worst = crate::test_util::max_abs_diff(&a, &b);
+            let worst = crate::testing::max_abs_diff(&a, &b);
             assert!(
                 worst <= 1e-5,
                 "differs from tract's own lowering by {worst}"

@@ -137,6 +137,7 @@ impl EvalOp for Requantize {
         let channels = shape[self.axis];
         let inner: usize = shape[self.axis + 1..].iter().product();
         let xs = x.try_as_plain_ram()?.as_slice::<i32>()?;
+        // SAFETY: `run` writes every element of `y` before it is read.
         let mut y = unsafe { Tensor::uninitialized::<i8>(shape)? };
         self.run(
             xs,
@@ -204,9 +205,11 @@ impl EvalOp for UpsampleI8 {
         let plain = x.try_as_plain_ram()?;
         // SAFETY: the datum type is i8 (possibly carrying quantization parameters).
         let xs = unsafe { plain.as_slice_unchecked::<i8>() };
+        // SAFETY: `run` writes every output pixel (each input pixel fills its sy x sx block).
         let mut y = unsafe { Tensor::uninitialized_dt(x.datum_type(), &out_shape)? };
         {
             let mut plain = y.try_as_plain_ram_mut()?;
+            // SAFETY: `y` has the input's datum type, i8 (possibly quantized).
             let ys = unsafe { plain.as_slice_mut_unchecked::<i8>() };
             self.run(xs, ys, s[3]);
         }
@@ -270,7 +273,7 @@ mod tests {
             min: -128,
             max: 100,
         };
-        let mut rng = crate::rng::Rng::new(5);
+        let mut rng = crate::testing::Lcg::new(5);
         // 37 per channel: two vector blocks and a scalar tail; odd values hit the ties at 0.5.
         let mut x: Vec<i32> = (0..3 * 37)
             .map(|i| match i % 5 {

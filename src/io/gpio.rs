@@ -95,7 +95,7 @@ impl<T: InputPin, B: OutputPin, A: OutputPin> Pins<T, B, A> {
     fn report<E: std::fmt::Debug>(&mut self, what: &str, r: Result<(), E>) {
         if let Err(e) = r {
             if !self.reported {
-                eprintln!("warning: GPIO {what} failed: {e:?} (further GPIO errors are not shown)");
+                log::warn!("GPIO {what} failed: {e:?} (further GPIO errors are not shown)");
                 self.reported = true;
             }
         }

@@ -2,7 +2,7 @@
 //! the pixel-format conversions they share. Each source converts into a caller-owned
 //! [`FrameBuf`], so steady-state capture allocates nothing (image-file decoding aside).
 
-use crate::imageio::{is_image_path, list_images, load_gray};
+use crate::io::imageio::{is_image_path, list_images, load_gray};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,8 +88,23 @@ impl FrameSource for Box<dyn FrameSource> {
     }
 }
 
+impl std::str::FromStr for PixFmt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PixFmt, String> {
+        PixFmt::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PixFmt::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown pixel format {s:?}; expected {}", names.join(", "))
+            })
+    }
+}
+
 /// Pixel layouts of raw frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PixFmt {
     /// 8-bit grey, one byte per pixel.
     Gray8,
@@ -103,6 +118,14 @@ pub enum PixFmt {
 }
 
 impl PixFmt {
+    /// Every format with its name on the command line and in config files.
+    pub const NAMES: [(&'static str, PixFmt); 4] = [
+        ("gray8", PixFmt::Gray8),
+        ("gray16le", PixFmt::Gray16le),
+        ("yuyv", PixFmt::Yuyv),
+        ("yuv420", PixFmt::Yuv420),
+    ];
+
     /// Bytes of one `width`x`height` frame.
     pub fn frame_bytes(self, width: usize, height: usize) -> usize {
         match self {

@@ -61,6 +61,7 @@ impl EvalOp for MaxPool2x2 {
         let (h, w) = (s[2], s[3]);
         let out_shape = [s[0], s[1], h / 2, w / 2];
         let dt = x.datum_type();
+        // SAFETY: every output element is the maximum of its window, written below before any read.
         let mut y = unsafe { Tensor::uninitialized_dt(dt, &out_shape)? };
         let plain = x.try_as_plain_ram()?;
         {

@@ -5,7 +5,7 @@
 #[cfg(target_os = "linux")]
 pub mod v4l2;
 
-use crate::source::{FrameBuf, PixFmt, SourceError};
+use crate::io::source::{FrameBuf, PixFmt, SourceError};
 use std::fmt;
 
 /// A V4L2 pixel format code (`v4l2_fourcc`).
@@ -38,7 +38,7 @@ impl fmt::Debug for FourCc {
 
 /// The capture formats unet-edge decodes, in order of preference: monochrome first (what a
 /// fluorescence camera really measures), then luma of YUYV, then decoded MJPEG (lossy).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CamFormat {
     /// 8-bit grey (`GREY`).
     Grey,
@@ -52,6 +52,26 @@ pub enum CamFormat {
     Yuyv,
     /// Motion JPEG (`MJPG` or `JPEG`), decoded to luma.
     Mjpeg,
+}
+
+impl std::str::FromStr for CamFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CamFormat, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "grey" => CamFormat::Grey,
+            "y16" => CamFormat::Y16,
+            "y10" => CamFormat::Y10,
+            "y12" => CamFormat::Y12,
+            "yuyv" => CamFormat::Yuyv,
+            "mjpeg" => CamFormat::Mjpeg,
+            _ => {
+                return Err(format!(
+                    "unknown camera format {s:?}; expected grey, y16, y10, y12, yuyv or mjpeg"
+                ))
+            }
+        })
+    }
 }
 
 impl CamFormat {
@@ -278,7 +298,7 @@ impl StreamFormat {
     /// [`SourceError::Corrupt`]. Uncompressed formats allocate nothing once `out` has its size.
     pub fn convert(&self, buf: &[u8], out: &mut FrameBuf) -> Result<(), SourceError> {
         let Some(pix) = self.format.pixfmt() else {
-            crate::source::decode_mjpeg(buf, out)?;
+            crate::io::source::decode_mjpeg(buf, out)?;
             if (out.width, out.height) != (self.width, self.height) {
                 return Err(SourceError::Corrupt(format!(
                     "MJPEG frame is {}x{}, the stream is {}x{}",

@@ -22,11 +22,19 @@ use tract_onnx::tract_core::tract_linalg::pack::{PackedFormat, PackedI8K4};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Layout {
     /// K=4-inner panels of `r` columns: element (k, j) at `(k/4)·4r + 4j + k%4`.
-    K4 { r: usize, align: usize },
-    /// K-major panels: element (k, j) at `k·r + j`; `panel` bytes per panel.
-    KMajor {
+    K4 {
+        /// Columns per panel (the kernel's width).
         r: usize,
+        /// Alignment of each panel in bytes.
         align: usize,
+    },
+    /// K-major panels: element (k, j) at `k·r + j`.
+    KMajor {
+        /// Columns per panel (the kernel's width).
+        r: usize,
+        /// Alignment of each panel in bytes.
+        align: usize,
+        /// Bytes per panel.
         panel: usize,
     },
 }
@@ -369,6 +377,7 @@ impl EvalOp for Im2colI8 {
             let len = n.div_ceil(p.layout.r()) * panel_len;
             // SAFETY: `pack` writes every byte of the blob (padding lanes included).
             let mut blob = unsafe { Blob::new_for_size_and_align(len, p.layout.align()) };
+            // SAFETY: the blob owns `len` bytes; i8 has the size and alignment of u8.
             let out = unsafe {
                 std::slice::from_raw_parts_mut(blob.as_bytes_mut().as_mut_ptr() as *mut i8, len)
             };
@@ -477,7 +486,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<I
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use crate::testing::Lcg;
 
     /// The patch matrix element (kk, n), computed the obvious way.
     fn reference(op: &Patches, x: &[i8], kk: usize, n: usize) -> i8 {
@@ -514,7 +523,7 @@ mod tests {
 
     #[test]
     fn packs_like_the_definition_in_both_layouts_with_borders_and_ragged_panels() {
-        let mut rng = Rng::new(3);
+        let mut rng = Lcg::new(3);
         // (channels, height, width, kernel, pad): rows that split panels (w = 5, 12), K not a
         // multiple of 4 (1 channel, 3x3 → 9), unpadded and 1x1 kernels.
         for (c, h, w, kernel, pad) in [

@@ -10,7 +10,8 @@
 //!
 //! Safety net: every block taken during a run must be given back before the run ends, or the
 //! next run would hand out its memory again; [`Arena::run`] aborts the process loudly if one is
-//! kept. Blocks freed on another thread are found through a small global registry of regions.
+//! kept, and a run that panics poisons its arena (no later run, memory never reused or freed),
+//! since a caught unwind would otherwise skip that check. Blocks freed on another thread are found through a small global registry of regions.
 //!
 //! The binary installs it (`#[global_allocator] static A: ArenaAlloc = ArenaAlloc(System);`).
 //! When it is not installed (a library user with another allocator), [`installed`] is false and
@@ -19,7 +20,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ptr::null;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 /// The global allocator: thread arenas while a run is on, `A` otherwise.
@@ -50,6 +51,9 @@ struct Region {
     high: AtomicUsize,
     /// Bytes (with alignment slack) the run asked for that did not fit.
     spilled: AtomicUsize,
+    /// A run unwound (panicked) with blocks possibly still referenced: the memory is never
+    /// handed out again nor freed.
+    poisoned: AtomicBool,
     /// Freed blocks by size, reused before fresh memory: the next tensor of a shape lands
     /// where the last one was, still in cache.
     bins: [Bin; BINS],
@@ -64,6 +68,7 @@ impl Region {
             live: AtomicUsize::new(0),
             high: AtomicUsize::new(0),
             spilled: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
             bins: [const {
                 Bin {
                     size: AtomicUsize::new(0),
@@ -174,6 +179,8 @@ fn registered_region(p: *mut u8) -> Option<&'static Region> {
     })
 }
 
+// SAFETY: blocks come either from the wrapped allocator (and go back to it) or from a region,
+// which hands out each block once, aligned as asked, until it is given back (Region::take/give).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for ArenaAlloc<A> {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         let r = current();
@@ -183,12 +190,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ArenaAlloc<A> {
                 return p;
             }
         }
+        // SAFETY: our caller's contract for `alloc` (non-zero size) is passed on unchanged.
         unsafe { self.0.alloc(l) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         let r = current();
+        // SAFETY: CURRENT points at a live region while its Arena::run is on this thread.
         if !r.is_null() && unsafe { (*r).contains(p) } {
+            // SAFETY: as above; `p` lies in it, so it was one of its blocks.
             unsafe { (*r).give(p, l.size(), true) };
             return;
         }
@@ -196,17 +206,21 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ArenaAlloc<A> {
             region.give(p, l.size(), false);
             return;
         }
+        // SAFETY: `p` is in no region, so the wrapped allocator gave it out.
         unsafe { self.0.dealloc(p, l) }
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         let r = current();
+        // SAFETY: CURRENT points at a live region while its Arena::run is on this thread.
         let region = if !r.is_null() && unsafe { (*r).contains(p) } {
+            // SAFETY: as above.
             Some(unsafe { &*r })
         } else {
             registered_region(p)
         };
         let Some(region) = region else {
+            // SAFETY: `p` is in no region, so the wrapped allocator gave it out.
             return unsafe { self.0.realloc(p, l, new) };
         };
         let owner = std::ptr::eq(region, r);
@@ -228,10 +242,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ArenaAlloc<A> {
         }
         // SAFETY: same alignment as the block, non-zero size (new > old >= 1).
         let nl = unsafe { Layout::from_size_align_unchecked(new, l.align()) };
+        // SAFETY: `nl` has a non-zero size.
         let q = unsafe { self.alloc(nl) };
         if !q.is_null() {
-            unsafe { std::ptr::copy_nonoverlapping(p, q, l.size()) };
-            unsafe { self.dealloc(p, l) };
+            // SAFETY: `p` holds `l.size()` bytes, `q` at least that many, and they are distinct
+            // blocks; `p` is then given back with the layout it was taken with.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, q, l.size());
+                self.dealloc(p, l);
+            }
         }
         q
     }
@@ -329,6 +348,11 @@ impl Arena {
     }
 
     fn release(&mut self) {
+        if self.region.poisoned.load(Relaxed) {
+            // Blocks of the unwound run may still be referenced (and freed later through the
+            // registry): leak the memory and stay registered rather than free it under them.
+            return;
+        }
         if let Some(i) = self.slot.take() {
             REGISTRY[i].store(std::ptr::null_mut(), Relaxed);
             REGISTERED.fetch_sub(1, Relaxed);
@@ -343,9 +367,17 @@ impl Arena {
     /// Runs `f` with this thread's allocations served from the arena. An error's memory is
     /// given back before returning: the error comes back as its message.
     ///
-    /// Aborts the process if `f` succeeds but keeps a block taken from the arena: the next run
-    /// would hand out the same memory again.
+    /// Aborts the process if `f` returns but keeps a block taken from the arena: the next run
+    /// would hand out the same memory again. If `f` panics, the check cannot run (a caller may
+    /// catch the unwind, and tract may still point into the arena), so the arena is poisoned:
+    /// every later run is an error and its memory is never reused or freed.
     pub fn run<R>(&mut self, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+        if self.region.poisoned.load(Relaxed) {
+            anyhow::bail!(
+                "internal error: an earlier tile run panicked; its arena is poisoned and this \
+                 runner can run no more tiles"
+            );
+        }
         let spilled = self.region.spilled.load(Relaxed);
         if spilled > 0 {
             // Grown between runs, never during one: sized by what the last run needed.
@@ -357,14 +389,17 @@ impl Arena {
         r.high.store(0, Relaxed);
         r.spilled.store(0, Relaxed);
         CURRENT.with(|c| c.set(r));
-        // Whatever happens inside, the arena is switched off on the way out.
-        struct Off;
-        impl Drop for Off {
+        // Whatever happens inside, the arena is switched off on the way out; an unwind poisons it.
+        struct Off<'a>(&'a Region);
+        impl Drop for Off<'_> {
             fn drop(&mut self) {
                 CURRENT.with(|c| c.set(null()));
+                if std::thread::panicking() {
+                    self.0.poisoned.store(true, Relaxed);
+                }
             }
         }
-        let off = Off;
+        let off = Off(r);
         let out = f();
         drop(off);
         let out = match out {
@@ -374,6 +409,8 @@ impl Arena {
         };
         let live = r.live.load(Relaxed);
         if live != 0 {
+            // Straight to stderr, not the log facade: the process aborts next, whatever logger
+            // is (or is not) installed.
             eprintln!(
                 "unet-edge: internal error: {live} block(s) taken from a tile run's arena were \
                  not given back by the end of the run; aborting rather than reusing their memory"
@@ -432,5 +469,28 @@ mod tests {
             .run(|| -> anyhow::Result<()> { anyhow::bail!("tile 4 failed") })
             .unwrap_err();
         assert_eq!(e.to_string(), "tile 4 failed");
+    }
+
+    #[test]
+    fn a_run_that_unwinds_poisons_the_arena() {
+        let mut a = Arena::new();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            a.run(|| -> anyhow::Result<()> { panic!("kernel bug") })
+        }));
+        assert!(caught.is_err(), "the panic reaches the caller");
+        assert!(
+            current().is_null(),
+            "the arena is switched off after the unwind"
+        );
+        let e = a.run(|| Ok(1)).unwrap_err().to_string();
+        assert!(e.contains("poisoned"), "{e}");
+        // Dropping a poisoned arena leaks its memory instead of freeing it.
+        drop(a);
+        let mut fresh = Arena::new();
+        assert_eq!(
+            fresh.run(|| Ok(2)).unwrap(),
+            2,
+            "other arenas are unaffected"
+        );
     }
 }

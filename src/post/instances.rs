@@ -3,6 +3,8 @@
 //! (h-maxima by dynamics, done with union-find in one pass), then a minimum-size filter and
 //! per-nucleus measurements. Buffers are sized once per frame size; later frames allocate nothing.
 
+use super::distance::Edt;
+
 /// Instance-separation settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InstanceConfig {
@@ -90,9 +92,7 @@ pub struct Instances {
     /// Per nucleus: its first pixel's x and y, then the sums of dx², dy² and dx·dy about that
     /// pixel (f64, and about a nearby origin, so large frames lose no precision).
     moments: Vec<[f64; 5]>,
-    f: Vec<f32>,
-    v: Vec<usize>,
-    z: Vec<f32>,
+    edt: Edt,
     nuclei: Vec<Nucleus>,
 }
 
@@ -122,9 +122,7 @@ impl Instances {
         self.area.resize(n, 0);
         self.remap.resize(n + 1, 0);
         let m = w.max(h) + 1;
-        self.f.resize(m, 0.0);
-        self.v.resize(m, 0);
-        self.z.resize(m + 1, 0.0);
+        self.edt.reserve(m);
         // Distances cannot exceed half the larger side.
         self.bucket
             .resize((m as f32 * LEVELS_PER_PX) as usize + 2, 0);
@@ -198,24 +196,7 @@ impl Instances {
         for (d, &m) in self.dist.iter_mut().zip(mask) {
             *d = if m != 0 { big } else { 0.0 };
         }
-        for x in 0..w {
-            for y in 0..h {
-                self.f[y] = self.dist[y * w + x];
-            }
-            edt_1d(&self.f[..h], &mut self.v, &mut self.z, |y, val| {
-                self.dist[y * w + x] = val
-            });
-        }
-        for y in 0..h {
-            self.f[..w].copy_from_slice(&self.dist[y * w..(y + 1) * w]);
-            let row = &mut self.dist[y * w..(y + 1) * w];
-            edt_1d(&self.f[..w], &mut self.v, &mut self.z, |x, val| {
-                row[x] = val
-            });
-        }
-        for d in &mut self.dist {
-            *d = d.sqrt();
-        }
+        self.edt.euclidean_in_place(&mut self.dist, w, h);
     }
 
     fn find(&mut self, mut i: u32) -> u32 {
@@ -406,103 +387,6 @@ impl Instances {
     }
 }
 
-/// The training target of the `distance` channel from instance labels (0 = background): each
-/// pixel's distance to the nearest pixel outside its own nucleus (background or another
-/// nucleus), divided by the largest such distance in that nucleus; 0 outside nuclei. Chamfer
-/// distances (steps 1 and √2) are close enough for a target; outside the image counts as inside
-/// the nucleus, so nuclei cut by the border keep their centre.
-pub fn normalized_distance<L: Copy + Into<u32>>(labels: &[L], w: usize, h: usize) -> Vec<f32> {
-    assert_eq!(labels.len(), w * h);
-    let lab = |i: usize| -> u32 { labels[i].into() };
-    let mut d: Vec<f32> = (0..w * h)
-        .map(|i| if lab(i) == 0 { 0.0 } else { f32::INFINITY })
-        .collect();
-    let diag = std::f32::consts::SQRT_2;
-    // A neighbour with another label is at distance `step` from the outside; one with ours passes
-    // its distance on.
-    let relax = |d: &mut Vec<f32>, i: usize, j: usize, step: f32| {
-        let v = if lab(j) == lab(i) {
-            d[j] + step
-        } else {
-            step * 0.5
-        };
-        if v < d[i] {
-            d[i] = v;
-        }
-    };
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            if lab(i) == 0 {
-                continue;
-            }
-            if x > 0 {
-                relax(&mut d, i, i - 1, 1.0);
-            }
-            if y > 0 {
-                relax(&mut d, i, i - w, 1.0);
-                if x > 0 {
-                    relax(&mut d, i, i - w - 1, diag);
-                }
-                if x + 1 < w {
-                    relax(&mut d, i, i - w + 1, diag);
-                }
-            }
-        }
-    }
-    for y in (0..h).rev() {
-        for x in (0..w).rev() {
-            let i = y * w + x;
-            if lab(i) == 0 {
-                continue;
-            }
-            if x + 1 < w {
-                relax(&mut d, i, i + 1, 1.0);
-            }
-            if y + 1 < h {
-                relax(&mut d, i, i + w, 1.0);
-                if x + 1 < w {
-                    relax(&mut d, i, i + w + 1, diag);
-                }
-                if x > 0 {
-                    relax(&mut d, i, i + w - 1, diag);
-                }
-            }
-        }
-    }
-    let mut peak: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
-    for (i, &v) in d.iter().enumerate() {
-        let l = lab(i);
-        if l != 0 && v.is_finite() {
-            let p = peak.entry(l).or_insert(0.0);
-            *p = p.max(v);
-        }
-    }
-    for (i, v) in d.iter_mut().enumerate() {
-        let l = lab(i);
-        *v = if l == 0 || !v.is_finite() {
-            // A nucleus that fills the whole image has no edge: call it all centre.
-            if l == 0 {
-                0.0
-            } else {
-                1.0
-            }
-        } else {
-            *v / peak[&l]
-        };
-    }
-    d
-}
-
-/// The training target of the `core` channel: 1 where [`normalized_distance`] exceeds one half
-/// (the inner half of each nucleus), else 0. A binary target learns like the foreground mask does
-/// (BCE + Dice); the continuous distance itself, tried first, stayed nearly flat in training.
-pub fn core_target<L: Copy + Into<u32>>(labels: &[L], w: usize, h: usize) -> Vec<f32> {
-    let mut d = normalized_distance(labels, w, h);
-    d.iter_mut().for_each(|v| *v = f32::from(*v > 0.5));
-    d
-}
-
 /// 4-connected components of a binary mask, labelled 1..=n in raster order of first pixel.
 pub fn connected_components(fg: &[bool], w: usize, h: usize) -> Vec<u32> {
     let mut labels = vec![0u32; w * h];
@@ -532,41 +416,6 @@ pub fn connected_components(fg: &[bool], w: usize, h: usize) -> Vec<u32> {
         }
     }
     labels
-}
-
-/// 1-D squared distance transform of sampled function `f` (lower envelope of parabolas).
-fn edt_1d(f: &[f32], v: &mut [usize], z: &mut [f32], mut out: impl FnMut(usize, f32)) {
-    let n = f.len();
-    if n == 0 {
-        return;
-    }
-    let mut k = 0usize;
-    v[0] = 0;
-    z[0] = f32::NEG_INFINITY;
-    z[1] = f32::INFINITY;
-    let meet = |q: usize, p: usize| {
-        ((f[q] + (q * q) as f32) - (f[p] + (p * p) as f32)) / (2.0 * (q as f32 - p as f32))
-    };
-    for q in 1..n {
-        let mut s = meet(q, v[k]);
-        // z[0] is -inf, so this stops at k = 0.
-        while s <= z[k] {
-            k -= 1;
-            s = meet(q, v[k]);
-        }
-        k += 1;
-        v[k] = q;
-        z[k] = s;
-        z[k + 1] = f32::INFINITY;
-    }
-    k = 0;
-    for q in 0..n {
-        while z[k + 1] < q as f32 {
-            k += 1;
-        }
-        let d = q as f32 - v[k] as f32;
-        out(q, d * d + f[v[k]]);
-    }
 }
 
 #[cfg(test)]
@@ -648,7 +497,7 @@ mod tests {
                 *l = if i % w < 40 { 1 } else { 2 };
             }
         }
-        let core = core_target(&labels, w, h);
+        let core = crate::post::targets::core_target(&labels, w, h);
         assert_eq!(inst.run(&mask, Some(&core), &intensity, w, h, &cfg), 2);
         let l = inst.labels();
         assert_ne!(l[20 * w + 30], l[20 * w + 48]);
@@ -657,28 +506,6 @@ mod tests {
             inst.run(&mask, Some(&vec![1.0; w * h]), &intensity, w, h, &cfg),
             1
         );
-    }
-
-    #[test]
-    fn normalized_distance_peaks_at_each_centre_and_drops_where_nuclei_touch() {
-        let (w, h) = (40, 20);
-        let mut labels = vec![0u32; w * h];
-        for y in 5..15 {
-            for x in 5..35 {
-                labels[y * w + x] = if x < 20 { 1 } else { 7 };
-            }
-        }
-        let d = normalized_distance(&labels, w, h);
-        assert_eq!(d[0], 0.0);
-        let max1 = (0..w * h)
-            .filter(|&i| labels[i] == 1)
-            .map(|i| d[i])
-            .fold(0.0, f32::max);
-        assert_eq!(max1, 1.0);
-        // The touching columns are edges of both nuclei.
-        assert!(d[10 * w + 19] < 0.25 && d[10 * w + 20] < 0.25);
-        assert!(d[10 * w + 12] > 0.8 && d[10 * w + 27] > 0.8);
-        assert!(d.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
     #[test]

@@ -66,18 +66,8 @@ impl Workers {
         Ok(w)
     }
 
-    /// Worker threads (not counting the caller).
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are no worker threads.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// Runs `job(0)` here and `job(i)` on worker `i` for `i` in `1..jobs`, and returns when all
-    /// are done: the first error, if any. `jobs` is at most `len() + 1`.
+    /// are done: the first error, if any. `jobs` is at most the worker threads + 1.
     pub fn run(&self, jobs: usize, job: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
         assert!(jobs <= self.slots.len() + 1, "more jobs than workers");
         // SAFETY: only the lifetime is erased; `Join` below waits for every posted job before

@@ -6,7 +6,7 @@
 
 use super::{classify_errno, negotiate, Choice, DeviceInfo, FormatInfo, FourCc, Request, Sizes};
 use super::{CamFormat, StreamFormat};
-use crate::source::{FrameBuf, FrameSource, Next, SourceError};
+use crate::io::source::{FrameBuf, FrameSource, Next, SourceError};
 use std::ffi::CString;
 use std::os::raw::{c_int, c_ulong, c_void};
 use std::path::Path;
@@ -660,7 +660,7 @@ impl Camera {
     fn connect(&mut self) -> Result<(), SourceError> {
         let (stream, choice) = Stream::start(&self.path, &self.request)?;
         let f = stream.format;
-        eprintln!(
+        log::info!(
             "{}: {} {}x{} (asked {}x{}){}",
             self.path,
             choice.fourcc,
@@ -675,7 +675,9 @@ impl Camera {
             }
         );
         if f.format == CamFormat::Mjpeg {
-            eprintln!("note: MJPEG is lossy and decoded per frame; prefer GREY/Y16/YUYV if the camera has them");
+            log::info!(
+                "MJPEG is lossy and decoded per frame; prefer GREY/Y16/YUYV if the camera has them"
+            );
         }
         self.stream = Some(stream);
         Ok(())

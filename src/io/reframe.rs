@@ -3,7 +3,7 @@
 //! for. Works on any [`FrameSource`]; index tables are built once per frame size, so the steady
 //! state allocates nothing.
 
-use crate::source::{FrameBuf, FrameSource, Next, SourceError};
+use crate::io::source::{FrameBuf, FrameSource, Next, SourceError};
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
 

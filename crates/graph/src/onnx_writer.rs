@@ -317,6 +317,26 @@ impl GraphBuilder {
     }
 }
 
+/// Renames value `from` to `to` wherever the graph uses it (node inputs and outputs, graph
+/// outputs), e.g. to give a built graph's output a stable name tools can rely on.
+pub fn rename_value(model: &mut pb::ModelProto, from: &str, to: &str) {
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    for n in &mut graph.node {
+        for s in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if s == from {
+                *s = to.to_string();
+            }
+        }
+    }
+    for v in &mut graph.output {
+        if v.name == from {
+            v.name = to.to_string();
+        }
+    }
+}
+
 /// Encodes a model proto to bytes.
 pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
     model.encode_to_vec()

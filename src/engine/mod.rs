@@ -1,0 +1,8 @@
+//! The frame engine: normalization → tiles → tract → stitched probability map → mask.
+
+pub mod arena;
+pub mod model;
+pub mod normalize;
+pub mod segmenter;
+pub mod tiling;
+pub(crate) mod workers;

@@ -21,6 +21,7 @@
 pub mod contract;
 pub mod engine;
 pub mod io;
+pub mod limits;
 #[cfg(feature = "live")]
 pub mod live;
 pub mod post;

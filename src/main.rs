@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Worker threads, each running tiles on its own model state.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
+    /// Largest frame or image accepted, in pixels; larger ones are refused before memory is
+    /// allocated for them (image files by their header, raw stdin by --width x --height).
+    #[arg(long, value_name = "PIXELS", default_value_t = unet_edge::limits::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: usize,
 }
 
 #[derive(Subcommand, Debug)]

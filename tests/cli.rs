@@ -310,6 +310,40 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
 }
 
 #[test]
+fn eval_scores_a_missing_prediction_as_all_misses_and_says_so() {
+    // Regression: images without a prediction were left out, so a run that skipped them scored 1.0.
+    let dir = tempfile::tempdir().unwrap();
+    let (pred, truth) = (dir.path().join("pred"), dir.path().join("truth"));
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::create_dir_all(&truth).unwrap();
+    let mut l = vec![0u16; 8 * 8];
+    l[9] = 1;
+    l[10] = 1;
+    save_gray16(&truth.join("done.png"), 8, 8, l.clone()).unwrap();
+    save_gray16(&truth.join("skipped.png"), 8, 8, l.clone()).unwrap();
+    save_gray16(&pred.join("done.labels.png"), 8, 8, l).unwrap();
+    let o = util::run(&[
+        "eval",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("skipped") && err.contains("all misses"),
+        "{err}"
+    );
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["overall"]["n_true"], 2);
+    assert_eq!(e["overall"]["fn_"], 1);
+    assert_eq!(e["image_mean"]["f1_at_0.5"], 0.5);
+    assert_eq!(e["images"][1]["missing_prediction"], true);
+}
+
+#[test]
 fn eval_reads_dsb2018_mask_folders() {
     let dir = tempfile::tempdir().unwrap();
     let pred = dir.path().join("pred");
@@ -334,4 +368,133 @@ fn eval_reads_dsb2018_mask_folders() {
     let e = util::eval_json(&pred, &dir.path().join("truth"));
     assert_eq!(e["overall"]["tp"], 2);
     assert_eq!(e["overall"]["f1_at_0.5"], 1.0);
+}
+
+/// A PNG file that is only a header declaring `w` x `h` grey pixels and an empty image stream.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut v = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        v.extend_from_slice(&body);
+        v.extend_from_slice(&crc(&body).to_be_bytes());
+        v
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn images_and_raw_frames_over_the_pixel_limit_are_refused_before_allocating() {
+    // Regression: a 279 KB PNG declaring 16000x16000 took 3.3 GB; raw stdin sizes allocated up
+    // front (and 4294967295 panicked on capacity overflow).
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.png");
+    std::fs::write(&big, png_header_only(16_000, 16_000)).unwrap();
+    let out = dir.path().join("out");
+    let o = util::run(&[
+        "segment",
+        big.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("16000x16000") && err.contains("--max-pixels"),
+        "{err}"
+    );
+    // Raising the limit lets the header through; the (empty) pixel data is then the error.
+    let o = util::run(&[
+        "segment",
+        big.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-pixels",
+        "300000000",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("--max-pixels") && !err.contains("panicked"),
+        "{err}"
+    );
+    for size in ["100000", "4294967295"] {
+        let o = util::command()
+            .args(["--input", "-", "--width", size, "--height", size])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--max-pixels") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn segment_refuses_a_second_input_with_the_same_output_name() {
+    // Regression: a/x.png and b/x.png both wrote out/x.*, the last one winning silently.
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        save_gray16(
+            &dir.path().join(sub).join("x.png"),
+            32,
+            32,
+            vec![100; 32 * 32],
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("out");
+    let (a, b) = (dir.path().join("a/x.png"), dir.path().join("b/x.png"));
+    let o = util::run(&[
+        "segment",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("b/x.png") && err.contains("a/x.png") && err.contains("overwrite"),
+        "{err}"
+    );
+    assert!(
+        out.join("x.mask.png").is_file(),
+        "the first input is still segmented"
+    );
+}
+
+#[test]
+fn a_negative_frame_rate_is_refused() {
+    let o = util::run(&["--input", "synth:64x64", "--fps=-1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--fps -1"), "{err}");
 }

@@ -68,6 +68,29 @@ fn load_truth(dir: &Path, stem: &str) -> Result<(usize, usize, Vec<u32>)> {
     }
 }
 
+/// The images `--truth` holds: label images `X.png`/`X.tif`/`X.tiff` and DSB2018 folders
+/// `X/masks/`, by stem.
+fn truth_stems(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir)
+        .with_context(|| format!("--truth {}: cannot list directory", dir.display()))?;
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let label_image = p.is_file()
+            && p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| ["png", "tif", "tiff"].contains(&x.to_ascii_lowercase().as_str()));
+        if label_image || p.join("masks").is_dir() {
+            if let Some(stem) = p.file_stem() {
+                out.push(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 fn row(name: &str, s: &Scores) -> String {
     format!(
         "{name:<28} {:>6.3} {:>6.3} {:>5} {:>5} {:>4} {:>4} {:>4} {:>6.3} {:>6.3}",
@@ -116,6 +139,36 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             }
         }
     }
+    // A ground-truth image without a prediction counts as all misses: leaving it out would
+    // score a run that skipped its hardest images as if it had done them.
+    let mut missing = Vec::new();
+    for stem in truth_stems(&a.truth)? {
+        if preds.contains_key(&stem) {
+            continue;
+        }
+        match load_truth(&a.truth, &stem) {
+            Ok((_, _, truth)) => {
+                let s = Scores::compare(&vec![0; truth.len()], &truth);
+                overall.accumulate(&s);
+                images.push((stem.clone(), s));
+                missing.push(stem);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures += 1;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "error: {} ground-truth image(s) have no prediction in {} and are scored as all \
+             misses: {}",
+            missing.len(),
+            a.pred.display(),
+            missing.join(", ")
+        );
+        failures += missing.len();
+    }
     if images.is_empty() {
         bail!("no prediction in {} could be scored", a.pred.display());
     }
@@ -126,6 +179,9 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             .map(|(n, s)| {
                 let mut v = serde_json::to_value(s).expect("serializable");
                 v["name"] = serde_json::Value::String(n.clone());
+                if missing.contains(n) {
+                    v["missing_prediction"] = serde_json::Value::Bool(true);
+                }
                 v
             })
             .collect();

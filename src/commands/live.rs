@@ -150,7 +150,13 @@ fn open_source(a: &LiveArgs) -> Result<Box<dyn FrameSource>> {
             let (Some(w), Some(h)) = (a.width, a.height) else {
                 bail!("--input - (raw frames on stdin) needs --width and --height");
             };
-            Box::new(RawSource::new(std::io::stdin(), a.pixfmt, w, h)?)
+            Box::new(RawSource::new(
+                std::io::stdin(),
+                a.pixfmt,
+                w,
+                h,
+                a.run.max_pixels,
+            )?)
         } else if let Some(size) = SynthSource::parse_spec(input) {
             let (w, h) = size?;
             Box::new(SynthSource::new(w, h, 0x5EED, a.fps))
@@ -189,6 +195,13 @@ fn open_camera(cam: &std::path::Path, _a: &LiveArgs) -> Result<Box<dyn FrameSour
 pub fn run(a: LiveArgs) -> Result<i32> {
     if a.list_cameras {
         return list_cameras();
+    }
+    if !(a.fps.is_finite() && a.fps >= 0.0) {
+        bail!(
+            "--fps {}: expected 0 (the camera's own rate, or as fast as frames decode) or a \
+             positive frame rate",
+            a.fps
+        );
     }
     let instances = a.nuclei.config()?;
     let (model, cfg) = super::load(&a.run, a.threshold)?;

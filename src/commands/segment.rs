@@ -101,8 +101,23 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
     let mut failures = 0;
+    let mut written: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for item in expand(&a.inputs) {
-        let result = item.and_then(|path| segment_one(&mut seg, &mut inst, &icfg, &path, &a.out));
+        let result = item.and_then(|path| {
+            // Outputs are named by the input's stem: a second input with the same stem would
+            // silently overwrite the first one's results.
+            if let Some(first) = written.get(&stem(&path)) {
+                bail!(
+                    "{}: its outputs would overwrite those of {} (same name {:?}); rename one, \
+                     or segment them into separate --out folders",
+                    path.display(),
+                    first.display(),
+                    stem(&path)
+                );
+            }
+            written.insert(stem(&path), path.clone());
+            segment_one(&mut seg, &mut inst, &icfg, &path, &a.out, a.run.max_pixels)
+        });
         if let Err(e) = result {
             eprintln!("error: {e:#}");
             failures += 1;
@@ -117,13 +132,22 @@ fn segment_one(
     icfg: &InstanceConfig,
     path: &Path,
     out: &Path,
+    max_pixels: usize,
 ) -> Result<()> {
-    let img = imageio::load_gray(path)?;
+    let img = imageio::load_gray_limited(path, max_pixels)?;
     let (w, h) = (img.width, img.height);
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-    inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
+    let count = inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
+    if count > u16::MAX as usize {
+        // labels.png holds 16-bit ids; clamping would merge the extra nuclei into one.
+        bail!(
+            "{}: {count} nuclei, more than the 65,535 a 16-bit labels.png can number; \
+             segment it in parts (crop it) or at a coarser scale",
+            path.display()
+        );
+    }
     let summary = inst.summary();
     let name = stem(path);
     let prob: Vec<u8> = seg
@@ -134,11 +158,7 @@ fn segment_one(
     let mask_path = out.join(format!("{name}.mask.png"));
     imageio::save_mask(&mask_path, w, h, seg.mask())?;
     imageio::save_gray8(&out.join(format!("{name}.prob.png")), w, h, prob)?;
-    let labels: Vec<u16> = inst
-        .labels()
-        .iter()
-        .map(|&l| l.min(u16::MAX as u32) as u16)
-        .collect();
+    let labels: Vec<u16> = inst.labels().iter().map(|&l| l as u16).collect();
     imageio::save_gray16(&out.join(format!("{name}.labels.png")), w, h, labels)?;
     imageio::write_atomic(
         &out.join(format!("{name}.nuclei.csv")),

@@ -262,8 +262,18 @@ impl<B: TileBackend> Segmenter<B> {
             }
         }
         let thr = self.cfg.threshold;
+        let mut finite = true;
         for (m, p) in self.mask.iter_mut().zip(&self.prob) {
+            finite &= p.is_finite();
             *m = u8::from(*p > thr);
+        }
+        if !finite {
+            // NaN compares false with the threshold: without this the frame would come out empty
+            // ("0 nuclei") instead of wrong.
+            bail!(
+                "the model produced NaN or infinite probabilities for this frame (broken or \
+                 overflowing weights?); no mask was made"
+            );
         }
         let frame_ms = t0.elapsed().as_secs_f32() * 1e3;
         Ok(self.timing(frame_ms))

@@ -103,10 +103,37 @@ pub fn load_instance_masks(dir: &Path) -> Result<(usize, usize, Vec<u32>)> {
 /// Loads an image as greyscale; colour images become the mean of their colour channels, which
 /// keeps full precision for single-stain fluorescence (e.g. DAPI stored in the blue channel).
 pub fn load_gray(path: &Path) -> Result<GrayImage> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?
+    load_gray_limited(path, crate::limits::DEFAULT_MAX_PIXELS)
+}
+
+/// [`load_gray`] for images of at most `max_pixels` pixels: the size the header declares is
+/// checked before any pixel memory is allocated, and the decoder's own allocations are capped.
+pub fn load_gray_limited(path: &Path, max_pixels: usize) -> Result<GrayImage> {
+    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        image::ImageReader::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?
+            .with_guessed_format()
+            .with_context(|| format!("{}: cannot read", path.display()))
+    };
+    let (w, h) = open()?
+        .into_dimensions()
+        .with_context(|| format!("{}: not a readable PNG, TIFF or JPEG image", path.display()))?;
+    crate::limits::check_frame(
+        w as usize,
+        h as usize,
+        max_pixels,
+        &path.display().to_string(),
+    )?;
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    // 16-bit RGBA is the widest layout decoded (8 bytes a pixel), plus the decoder's own buffers.
+    limits.max_alloc = Some(
+        (max_pixels as u64)
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
+    reader.limits(limits);
+    let img = reader
         .decode()
         .with_context(|| format!("{}: not a readable PNG, TIFF or JPEG image", path.display()))?;
     let (width, height) = (img.width() as usize, img.height() as usize);

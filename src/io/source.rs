@@ -314,16 +314,19 @@ pub struct RawSource<R: Read + Send> {
 }
 
 impl<R: Read + Send> RawSource<R> {
-    /// Frames of `width`x`height` in `fmt` from `reader`.
+    /// Frames of `width`x`height` in `fmt` from `reader`; frames over `max_pixels` are refused
+    /// before the frame buffer is allocated.
     pub fn new(
         reader: R,
         fmt: PixFmt,
         width: usize,
         height: usize,
+        max_pixels: usize,
     ) -> anyhow::Result<RawSource<R>> {
         if width == 0 || height == 0 {
             anyhow::bail!("raw input needs --width and --height (got {width}x{height})");
         }
+        crate::limits::check_frame(width, height, max_pixels, "raw input --width x --height")?;
         if fmt == PixFmt::Yuyv && !width.is_multiple_of(2) {
             anyhow::bail!("--pixfmt yuyv needs an even --width (got {width})");
         }
@@ -480,7 +483,7 @@ mod tests {
     #[test]
     fn raw_source_reads_frames_and_flags_a_torn_tail() {
         let bytes: Vec<u8> = (0..2 * 6 + 3).map(|i| i as u8).collect();
-        let mut src = RawSource::new(&bytes[..], PixFmt::Gray8, 3, 2).unwrap();
+        let mut src = RawSource::new(&bytes[..], PixFmt::Gray8, 3, 2, 6).unwrap();
         let mut f = FrameBuf::default();
         assert_eq!(src.next_into(&mut f, Duration::ZERO).unwrap(), Next::Frame);
         assert_eq!(f.data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
@@ -490,7 +493,12 @@ mod tests {
             src.next_into(&mut f, Duration::ZERO),
             Err(SourceError::Corrupt(_))
         ));
-        assert!(RawSource::new(&bytes[..], PixFmt::Yuyv, 3, 2).is_err());
+        assert!(RawSource::new(&bytes[..], PixFmt::Yuyv, 3, 2, 6).is_err());
+        let e = RawSource::new(&bytes[..], PixFmt::Gray8, usize::MAX, usize::MAX, 6)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--max-pixels"), "refused before allocating: {e}");
     }
 
     #[test]

@@ -364,18 +364,27 @@ pub fn make_example(
         }
     }
     relabel_dense(&mut labels);
-    if aug.enabled {
-        // Gamma on the image's own range, then percentile normalization removes gain and offset.
-        let max = img.iter().copied().fold(1e-6, f32::max);
-        let gamma = rng.range(0.6, 1.6);
-        for p in &mut img {
-            *p = max * (*p / max).max(0.0).powf(gamma);
-        }
+    // Gamma over the whole source image's range, then the normalization the runtime applies to a
+    // whole frame: its percentiles come from the whole (gamma-mapped) image, not from this crop,
+    // so a crop of few or dim nuclei looks as it will in a frame at inference.
+    let gamma = if aug.enabled {
+        rng.range(0.6, 1.6)
+    } else {
+        1.0
+    };
+    let max = s.image.iter().copied().fold(1e-6, f32::max);
+    let curve = |v: f32| max * (v / max).max(0.0).powf(gamma);
+    let mapped: Vec<f32> = s.image.iter().map(|&v| curve(v)).collect();
+    let (offset, scale) = Normalization::default().affine_for(&mapped, &mut Vec::new());
+    for p in &mut img {
+        *p = curve(*p);
     }
     if aug.enabled && rng.uniform() < aug.blur.0 {
         gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
     }
-    Normalization::default().apply_in_place(&mut img, &mut Vec::new());
+    for p in &mut img {
+        *p = (*p - offset) * scale;
+    }
     if aug.enabled && rng.uniform() < aug.noise.0 {
         let sd = rng.range(0.0, aug.noise.1);
         for p in &mut img {

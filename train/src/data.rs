@@ -276,6 +276,9 @@ pub struct Augment {
     pub blur: (f32, f32),
     /// Additive Gaussian noise after normalization: probability and largest sd.
     pub noise: (f32, f32),
+    /// Normalize with the whole source image's percentiles (as the runtime does a frame) instead
+    /// of the crop's.
+    pub frame_norm: bool,
     /// Whether to augment at all (off for validation).
     pub enabled: bool,
 }
@@ -364,26 +367,41 @@ pub fn make_example(
         }
     }
     relabel_dense(&mut labels);
-    // Gamma over the whole source image's range, then the normalization the runtime applies to a
-    // whole frame: its percentiles come from the whole (gamma-mapped) image, not from this crop,
-    // so a crop of few or dim nuclei looks as it will in a frame at inference.
-    let gamma = if aug.enabled {
-        rng.range(0.6, 1.6)
+    if aug.frame_norm {
+        // Gamma over the whole source image's range, then the normalization the runtime applies
+        // to a whole frame: its percentiles come from the whole (gamma-mapped) image, not from
+        // this crop, so a crop of few or dim nuclei looks as it will in a frame at inference.
+        let gamma = if aug.enabled {
+            rng.range(0.6, 1.6)
+        } else {
+            1.0
+        };
+        let max = s.image.iter().copied().fold(1e-6, f32::max);
+        let curve = |v: f32| max * (v / max).max(0.0).powf(gamma);
+        let mapped: Vec<f32> = s.image.iter().map(|&v| curve(v)).collect();
+        let (offset, scale) = Normalization::default().affine_for(&mapped, &mut Vec::new());
+        for p in &mut img {
+            *p = curve(*p);
+        }
+        if aug.enabled && rng.uniform() < aug.blur.0 {
+            gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
+        }
+        for p in &mut img {
+            *p = (*p - offset) * scale;
+        }
     } else {
-        1.0
-    };
-    let max = s.image.iter().copied().fold(1e-6, f32::max);
-    let curve = |v: f32| max * (v / max).max(0.0).powf(gamma);
-    let mapped: Vec<f32> = s.image.iter().map(|&v| curve(v)).collect();
-    let (offset, scale) = Normalization::default().affine_for(&mapped, &mut Vec::new());
-    for p in &mut img {
-        *p = curve(*p);
-    }
-    if aug.enabled && rng.uniform() < aug.blur.0 {
-        gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
-    }
-    for p in &mut img {
-        *p = (*p - offset) * scale;
+        if aug.enabled {
+            // Gamma on the crop's own range, then percentile normalization of the crop.
+            let max = img.iter().copied().fold(1e-6, f32::max);
+            let gamma = rng.range(0.6, 1.6);
+            for p in &mut img {
+                *p = max * (*p / max).max(0.0).powf(gamma);
+            }
+        }
+        if aug.enabled && rng.uniform() < aug.blur.0 {
+            gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
+        }
+        Normalization::default().apply_in_place(&mut img, &mut Vec::new());
     }
     if aug.enabled && rng.uniform() < aug.noise.0 {
         let sd = rng.range(0.0, aug.noise.1);
@@ -618,6 +636,7 @@ mod tests {
             elastic: (0.0, 0.0),
             blur: (0.0, 0.0),
             noise: (0.0, 0.0),
+            frame_norm: false,
             enabled: false,
         };
         let e = make_example(&s, &aug, &mut Rng::new(0), None, false);

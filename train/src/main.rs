@@ -40,6 +40,10 @@ enum Command {
         /// Stop after this many validations without a better selection score (0 = run all steps).
         #[arg(long, value_name = "N", default_value_t = 0)]
         patience: usize,
+        /// Normalize each training crop with its whole source image's percentiles, as the runtime
+        /// normalizes a frame, instead of with the crop's own.
+        #[arg(long)]
+        frame_normalization: bool,
         /// Optimisation steps in total.
         #[arg(long, default_value_t = 6000)]
         steps: usize,
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
             val_groups,
             synthetic_ratio,
             patience,
+            frame_normalization,
             steps,
             epoch_steps,
             batch,
@@ -194,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
                 val_groups,
                 synthetic_ratio,
                 patience,
+                frame_normalization,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

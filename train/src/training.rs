@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// Validations without a better selection score before the run stops (0 = never).
     #[serde(default)]
     pub patience: usize,
+    /// Normalize training crops with their whole source image's percentiles, as the runtime
+    /// normalizes a frame (runs before this option normalized each crop by itself).
+    #[serde(default)]
+    pub frame_normalization: bool,
 }
 
 fn one() -> usize {
@@ -323,6 +327,7 @@ fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
         elastic: (0.0, 0.0),
         blur: (0.0, 0.0),
         noise: (0.0, 0.0),
+        frame_norm: cfg.frame_normalization,
         enabled: false,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -601,6 +606,7 @@ pub fn train(
         elastic: (0.5, 4.0),
         blur: (0.25, 1.5),
         noise: (0.3, 0.08),
+        frame_norm: cfg.frame_normalization,
         enabled: true,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -872,6 +878,7 @@ mod tests {
             val_groups: Vec::new(),
             synthetic_ratio: 0.0,
             patience: 0,
+            frame_normalization: false,
         }
     }
 

@@ -384,7 +384,7 @@ pub fn make_example(
             *p = curve(*p);
         }
         if aug.enabled && rng.uniform() < aug.blur.0 {
-            gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
+            synth::gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
         }
         for p in &mut img {
             *p = (*p - offset) * scale;
@@ -399,7 +399,7 @@ pub fn make_example(
             }
         }
         if aug.enabled && rng.uniform() < aug.blur.0 {
-            gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
+            synth::gaussian_blur(&mut img, t, t, rng.range(0.3, aug.blur.1.max(0.3)));
         }
         Normalization::default().apply_in_place(&mut img, &mut Vec::new());
     }
@@ -423,31 +423,6 @@ pub fn make_example(
         y,
         c,
         w: wts,
-    }
-}
-
-/// Separable Gaussian blur in place (mirrored borders), truncated at 3 sigma.
-fn gaussian_blur(img: &mut [f32], w: usize, h: usize, sigma: f32) {
-    let r = (3.0 * sigma).ceil() as isize;
-    let k: Vec<f32> = (-r..=r)
-        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let sum: f32 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
-    let mut tmp = vec![0.0f32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = (-r..=r)
-                .map(|i| k[(i + r) as usize] * img[y * w + reflect(x as isize + i, w)])
-                .sum();
-        }
-    }
-    for y in 0..h {
-        for x in 0..w {
-            img[y * w + x] = (-r..=r)
-                .map(|i| k[(i + r) as usize] * tmp[reflect(y as isize + i, h) * w + x])
-                .sum();
-        }
     }
 }
 
@@ -667,18 +642,6 @@ mod tests {
         assert!(g.y.iter().zip(&gapped).all(|(y, l)| (*y > 0.5) == (*l > 0)));
         assert!(cut.iter().all(|&i| g.w[i] > 4.0));
         assert_eq!(g.c, e.c, "the core target keeps the whole nuclei");
-    }
-
-    #[test]
-    fn blur_keeps_the_mean_and_flattens_a_spike() {
-        let (w, h) = (15, 11);
-        let mut img = vec![0.0f32; w * h];
-        img[5 * w + 7] = 100.0;
-        gaussian_blur(&mut img, w, h, 1.0);
-        let sum: f32 = img.iter().sum();
-        assert!((sum - 100.0).abs() < 0.1, "{sum}");
-        assert!(img[5 * w + 7] < 20.0 && img[5 * w + 8] > 5.0);
-        assert_eq!(img[5 * w + 6], img[5 * w + 8], "symmetric");
     }
 
     #[test]

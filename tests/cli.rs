@@ -498,3 +498,31 @@ fn a_negative_frame_rate_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--fps -1"), "{err}");
 }
+
+#[test]
+fn batch_tile_and_thread_counts_beyond_any_use_are_refused_by_name() {
+    // Regression: --batch 100000 on a 4-tile image grew to 17.6 GB; --tile 1000000 panicked in tract.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let img = root.join("samples/synthetic-512.png");
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--batch", "100000"),
+        ("--tile", "1000000"),
+        ("--threads", "5000"),
+    ] {
+        let o = util::run(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag} {value}")) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}

@@ -14,6 +14,13 @@ use std::time::Instant;
 /// U-Net (see README, "Choosing the margin").
 pub const DEFAULT_MARGIN: usize = 24;
 
+/// Largest tile side accepted (`--tile`).
+pub const MAX_TILE: usize = 2048;
+/// Most tiles per model run accepted (`--batch`).
+pub const MAX_BATCH: usize = 64;
+/// Most worker threads accepted (`--threads`).
+pub const MAX_THREADS: usize = 64;
+
 /// How frames are cut and run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SegmentConfig {
@@ -152,6 +159,20 @@ impl SegmentConfig {
         }
         if self.threads == 0 || self.batch == 0 {
             bail!("--threads and --batch must be at least 1");
+        }
+        // Beyond these, a run only costs memory (tract plans a batch's buffers up front): a
+        // mistyped value must be an error, not gigabytes or an allocation failure inside tract.
+        if self.tile > MAX_TILE {
+            bail!("--tile {} is larger than {MAX_TILE} px", self.tile);
+        }
+        if self.batch > MAX_BATCH {
+            bail!(
+                "--batch {}: at most {MAX_BATCH} tiles per model run (larger batches gain no speed)",
+                self.batch
+            );
+        }
+        if self.threads > MAX_THREADS {
+            bail!("--threads {}: at most {MAX_THREADS}", self.threads);
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             bail!("--threshold {} is outside 0..1", self.threshold);

@@ -231,12 +231,15 @@ where
             }
             stats.processed += 1;
             record(seg, &front, timing, summary, &shared, &mut line);
-            if sinks
+            if let Err(e) = sinks
                 .log
                 .write_all(line.as_bytes())
                 .and_then(|_| sinks.log.flush())
-                .is_err()
             {
+                if stats.write_errors == 0 {
+                    // At once, not only in the summary; later failures are counted.
+                    log::error!("frame records are not being saved: {e} (live processing goes on)");
+                }
                 stats.write_errors += 1;
             }
             if let Some((every, dir)) = &cfg.save_every {

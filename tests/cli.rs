@@ -526,3 +526,28 @@ fn batch_tile_and_thread_counts_beyond_any_use_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn a_log_that_cannot_be_written_is_reported_at_once_and_fails_the_run() {
+    // Regression: --log on a full disk lost lines, exited 0 and said only "N write errors" at the end.
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let o = util::run(&[
+        "--input",
+        "synth:64x64",
+        "--max-frames",
+        "3",
+        "--log",
+        "/dev/full",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--log /dev/full"), "{err}");
+    assert_eq!(
+        err.matches("not being saved").count(),
+        1,
+        "reported once: {err}"
+    );
+    assert!(err.contains("3 write errors"), "{err}");
+}

@@ -211,13 +211,7 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         signal_hook::flag::register(sig, stop.clone()).context("installing the signal handler")?;
     }
     let mut out: Box<dyn std::io::Write> = match &a.log {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("--log {}", p.display()))?,
-        )),
+        Some(p) => Box::new(unet_edge::io::record::LineLog::open(p)?),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let save_every = match (a.save_every, &a.out) {
@@ -257,7 +251,8 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         "processed {} frames, {} dropped, {} corrupt, {} reconnects, {} write errors",
         stats.processed, stats.dropped, stats.corrupt, stats.reconnects, stats.write_errors
     );
-    Ok(0)
+    // Results that could not be written are a failed run, whatever else went well.
+    Ok(if stats.write_errors > 0 { 1 } else { 0 })
 }
 
 #[cfg(target_os = "linux")]

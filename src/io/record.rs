@@ -5,6 +5,7 @@
 use crate::engine::segmenter::FrameTiming;
 use crate::post::instances::Summary;
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 
 /// Where a frame came from: a live frame (capture time and index) or an image file.
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +96,56 @@ impl FrameRecord<'_> {
     }
 }
 
+/// An append-only file of records that never keeps a partial line: each `write` puts the whole
+/// buffer or, on failure (a full disk), cuts the file back to its last whole line; errors name
+/// the file.
+pub struct LineLog {
+    file: std::fs::File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl LineLog {
+    /// Opens (creating) `path` for appending.
+    pub fn open(path: &Path) -> anyhow::Result<LineLog> {
+        use anyhow::Context;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("--log {}: cannot open for appending", path.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(LineLog {
+            file,
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+}
+
+impl std::io::Write for LineLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.file.write_all(buf) {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(buf.len())
+            }
+            Err(e) => {
+                // Best effort: a device file (or a vanished disk) may refuse the truncation too.
+                let _ = self.file.set_len(self.len);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("--log {}: {e}", self.path.display()),
+                ))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Appends `s` as a JSON string literal.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
@@ -137,6 +188,25 @@ mod tests {
                 mean_intensity: 0.4321,
             },
             foreground_fraction: 0.12345,
+        }
+    }
+
+    #[test]
+    fn line_log_appends_whole_lines_and_names_its_file_on_failure() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("live.jsonl");
+        std::fs::write(&p, "{\"old\":1}\n").unwrap();
+        let mut log = LineLog::open(&p).unwrap();
+        log.write_all(b"{\"frame\":1}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"old\":1}\n{\"frame\":1}\n"
+        );
+        if Path::new("/dev/full").exists() {
+            let mut full = LineLog::open(Path::new("/dev/full")).unwrap();
+            let e = full.write_all(b"{\"frame\":2}\n").unwrap_err().to_string();
+            assert!(e.contains("/dev/full"), "{e}");
         }
     }
 

@@ -4,11 +4,11 @@
 //! client threads, so a watcher costs the frame loop nothing but that copy.
 
 use anyhow::{Context, Result};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most simultaneous HTTP clients; more get 503 (a board has little CPU to spare for JPEG).
 pub const MAX_CLIENTS: usize = 4;
@@ -156,19 +156,88 @@ fn next_jpeg(s: &Shared, seen: u64, wait: Duration, rgb: &mut Vec<u8>) -> Option
     Some((gen, jpeg))
 }
 
-fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+/// Most bytes of a request line plus headers; more is answered 431 and the connection closed.
+const MAX_REQUEST_BYTES: u64 = 8192;
+/// Time a client has to send its whole request, however it drips it.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Reads from the connection until a fixed instant: each read waits at most the time left, so a
+/// client that sends a byte now and then cannot stretch one request past the deadline.
+struct Deadline<'a> {
+    conn: &'a TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        (&mut &*self.conn).read(buf)
+    }
+}
+
+/// The path of a request (query string dropped), reading at most [`MAX_REQUEST_BYTES`] within
+/// [`REQUEST_DEADLINE`]; `None` when the request is too large (the caller answers 431).
+fn read_request(conn: &TcpStream) -> std::io::Result<Option<String>> {
+    let deadline = Deadline {
+        conn,
+        until: Instant::now() + REQUEST_DEADLINE,
+    };
+    let mut reader = BufReader::new(deadline.take(MAX_REQUEST_BYTES));
     let mut request = String::new();
     reader.read_line(&mut request)?;
+    if !request.ends_with('\n') {
+        return if reader.get_ref().limit() == 0 {
+            Ok(None)
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        };
+    }
     // Drain the headers; nothing in them changes the answer.
     let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
+    loop {
         header.clear();
+        let n = reader.read_line(&mut header)?;
+        if !header.ends_with('\n') {
+            return if reader.get_ref().limit() == 0 {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        if n <= 2 {
+            break;
+        }
     }
+    let target = request.split_whitespace().nth(1).unwrap_or("/");
+    Ok(Some(
+        target.split(['?', '#']).next().unwrap_or("/").to_string(),
+    ))
+}
+
+fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let Some(path) = read_request(&conn)? else {
+        let mut conn = conn;
+        conn.write_all(
+            b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nrequest larger than 8 KB\n",
+        )?;
+        // Lingering close: closing with unread input would reset the connection and could
+        // destroy the answer before the client reads it. Drain a bounded amount for a moment.
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut drain = Deadline {
+            conn: &conn,
+            until: Instant::now() + Duration::from_secs(1),
+        }
+        .take(1 << 20);
+        let _ = std::io::copy(&mut drain, &mut std::io::sink());
+        return Ok(());
+    };
     let mut conn = conn;
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.as_str();
     let mut rgb = Vec::new();
     match path {
         "/" | "/index.html" => {
@@ -219,6 +288,53 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_and_dripped_requests_are_cut_off_and_queries_ignored() {
+        // Regression: a request line without a newline was buffered without limit, and a client
+        // dripping a byte every few seconds held its slot for as long as it liked.
+        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let addr = p.addr();
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let junk = vec![b'a'; 9000];
+        let _ = c.write_all(b"GET /");
+        let _ = c.write_all(&junk);
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply);
+        assert!(
+            reply.starts_with(b"HTTP/1.0 431"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+
+        let t0 = Instant::now();
+        let mut d = TcpStream::connect(addr).unwrap();
+        d.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        d.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let mut closed = false;
+        while t0.elapsed() < Duration::from_secs(9) {
+            if d.write_all(b"X").is_err() {
+                closed = true;
+                break;
+            }
+            let mut b = [0u8; 64];
+            if matches!(d.read(&mut b), Ok(0)) {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(
+            closed,
+            "a dripping client is dropped at the request deadline"
+        );
+        assert!(t0.elapsed() >= REQUEST_DEADLINE - Duration::from_millis(500));
+
+        p.publish(&vec![0.5; 16 * 8], &vec![0; 16 * 8], 16, 8);
+        assert!(get(addr, "/snapshot.jpg?x=1", 1 << 20).starts_with(b"HTTP/1.0 200"));
+    }
 
     #[test]
     fn client_slots_come_back_when_dropped_even_unused() {

@@ -332,7 +332,7 @@ mod tests {
         );
         assert!(t0.elapsed() >= REQUEST_DEADLINE - Duration::from_millis(500));
 
-        p.publish(&vec![0.5; 16 * 8], &vec![0; 16 * 8], 16, 8);
+        p.publish(&[0.5; 16 * 8], &[0; 16 * 8], 16, 8);
         assert!(get(addr, "/snapshot.jpg?x=1", 1 << 20).starts_with(b"HTTP/1.0 200"));
     }
 

@@ -322,14 +322,7 @@ fn eval_scores_a_missing_prediction_as_all_misses_and_says_so() {
     save_gray16(&truth.join("done.png"), 8, 8, l.clone()).unwrap();
     save_gray16(&truth.join("skipped.png"), 8, 8, l.clone()).unwrap();
     save_gray16(&pred.join("done.labels.png"), 8, 8, l).unwrap();
-    let o = util::run(&[
-        "eval",
-        "--pred",
-        pred.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = util::eval(&pred, &truth);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

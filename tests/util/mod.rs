@@ -108,17 +108,27 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// Runs `eval --json` on a predictions and a truth directory and returns its parsed object.
-pub fn eval_json(pred: &Path, truth: &Path) -> serde_json::Value {
-    let out = run_ok(&[
+/// Runs `eval --json` on a predictions and a truth directory.
+pub fn eval(pred: &Path, truth: &Path) -> Output {
+    run(&[
         "eval",
         "--pred",
         pred.to_str().unwrap(),
         "--truth",
         truth.to_str().unwrap(),
         "--json",
-    ]);
-    serde_json::from_str(out.trim()).expect("eval --json prints one JSON object")
+    ])
+}
+
+/// Runs `eval --json`, requires success and returns its parsed object.
+pub fn eval_json(pred: &Path, truth: &Path) -> serde_json::Value {
+    let o = eval(pred, truth);
+    assert!(
+        o.status.success(),
+        "unet-edge eval failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("eval --json prints one JSON object")
 }
 
 /// Writes a file and returns its path as a String.

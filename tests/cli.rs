@@ -544,3 +544,39 @@ fn a_log_that_cannot_be_written_is_reported_at_once_and_fails_the_run() {
     );
     assert!(err.contains("3 write errors"), "{err}");
 }
+
+#[test]
+fn bad_tiling_metadata_is_blamed_on_the_model_not_on_a_flag() {
+    // Regression: metadata tile=1000000000 was reported as a --tile the user never passed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut proto = unet_edge::onnx_writer::decode(&util::three_conv_onnx(3)).unwrap();
+    proto.metadata_props.retain(|p| p.key != "unet_edge.tile");
+    proto
+        .metadata_props
+        .push(tract_onnx::pb::StringStringEntryProto {
+            key: "unet_edge.tile".into(),
+            value: "1000000000".into(),
+        });
+    let model = util::write(
+        dir.path(),
+        "m.onnx",
+        &unet_edge::onnx_writer::encode(&proto),
+    );
+    let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/synthetic-512.png");
+    let out = dir.path().join("out");
+    let o = util::run(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &model,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unet_edge.tile") && err.contains("m.onnx"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

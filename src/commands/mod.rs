@@ -8,6 +8,7 @@ pub mod segment;
 
 use crate::RunArgs;
 use anyhow::Result;
+use unet_edge::contract::{KEY_MARGIN, KEY_TILE};
 use unet_edge::engine::model::Model;
 use unet_edge::engine::segmenter::SegmentConfig;
 
@@ -29,6 +30,24 @@ pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConf
     }
     cfg.batch = run.batch;
     cfg.threads = run.threads;
-    cfg.validate()?;
+    cfg.validate().map_err(|e| {
+        // Values the user did not pass came from the model: say so, with the metadata keys.
+        let mut from_model = Vec::new();
+        if run.tile.is_none() {
+            from_model.push(format!("tile {} ({})", cfg.tile, KEY_TILE));
+        }
+        if run.margin.is_none() && model.meta.margin.is_some() {
+            from_model.push(format!("margin {} ({})", cfg.margin, KEY_MARGIN));
+        }
+        if from_model.is_empty() {
+            e
+        } else {
+            e.context(format!(
+                "model {}: {} from its metadata or input shape",
+                model.source,
+                from_model.join(", ")
+            ))
+        }
+    })?;
     Ok((model, cfg))
 }

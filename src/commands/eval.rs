@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use unet_edge::io::imageio::{find_truth, labels_of, load_gray};
+use unet_edge::io::imageio::{find_truth, labels_of, load_gray, LABEL_EXTENSIONS};
 use unet_edge::post::instances::connected_components;
 use unet_edge::post::metrics::{ImageMean, Scores};
 
@@ -79,7 +79,7 @@ fn truth_stems(dir: &Path) -> Result<Vec<String>> {
         let label_image = p.is_file()
             && p.extension()
                 .and_then(|x| x.to_str())
-                .is_some_and(|x| ["png", "tif", "tiff"].contains(&x.to_ascii_lowercase().as_str()));
+                .is_some_and(|x| LABEL_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
         if label_image || p.join("masks").is_dir() {
             if let Some(stem) = p.file_stem() {
                 out.push(stem.to_string_lossy().into_owned());

@@ -19,6 +19,9 @@ pub struct GrayImage {
 /// File extensions `segment` picks up in directories.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "jpg", "jpeg"];
 
+/// File extensions of label images (lossless formats only; JPEG is no label format).
+pub const LABEL_EXTENSIONS: &[&str] = &["png", "tif", "tiff"];
+
 /// Whether `path` has one of [`IMAGE_EXTENSIONS`].
 pub fn is_image_path(path: &Path) -> bool {
     path.extension()
@@ -47,7 +50,7 @@ pub fn labels_of(img: &GrayImage) -> Vec<u32> {
 /// `STEM.png`, `STEM.tif` or `STEM.tiff`, else a DSB2018 folder `STEM/masks/*.png`; `None` when
 /// there is neither.
 pub fn find_truth(dir: &Path, stem: &str) -> Result<Option<(usize, usize, Vec<u32>)>> {
-    for ext in ["png", "tif", "tiff"] {
+    for ext in LABEL_EXTENSIONS {
         let p = dir.join(format!("{stem}.{ext}"));
         if p.is_file() {
             let img = load_gray(&p)?;

@@ -1,7 +1,7 @@
 //! Segmentation metrics: pixel Dice/IoU and instance matching with the 2018 Data Science Bowl
 //! score (mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN)).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// IoU thresholds of the DSB2018 score.
@@ -171,7 +171,7 @@ impl Scores {
 /// Unweighted means over images, the way the DSB2018 competition ranked (its score is the mean
 /// over test images of each image's score): an image with few nuclei counts as much as a crowded
 /// one, whereas the pooled [`Scores`] of a set are dominated by its most crowded images.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMean {
     /// Images averaged.
     pub images: usize,

@@ -17,7 +17,7 @@ use unet_edge::contract::{
     KEY_VALIDATION,
 };
 use unet_edge::io::imageio::write_atomic;
-use unet_edge::post::metrics::PixelOverlap as Overlap;
+use unet_edge::post::metrics::{ImageMean, PixelOverlap as Overlap};
 use unet_edge::rng::Rng;
 use unet_edge::synth::SynthConfig;
 use unet_edge::unet::UNetSpec;
@@ -102,51 +102,21 @@ pub struct TrainState {
     /// Whole validation images through the runtime, per validation: step and the means over
     /// images (folder data only).
     #[serde(default)]
-    pub instance_history: Vec<(usize, InstanceMeans)>,
+    pub instance_history: Vec<(usize, ImageMean)>,
     /// The best checkpoint's whole-image figures per validation group.
     #[serde(default)]
-    pub best_groups: std::collections::BTreeMap<String, InstanceMeans>,
+    pub best_groups: std::collections::BTreeMap<String, ImageMean>,
 }
 
 /// A whole validation image with its group.
 type Grouped = (String, Named);
 
 /// Whole-image figures over all validation images and per group.
-type WholeImageScores = (
-    InstanceMeans,
-    std::collections::BTreeMap<String, InstanceMeans>,
-);
+type WholeImageScores = (ImageMean, std::collections::BTreeMap<String, ImageMean>);
 
-/// Means over whole images of what `unet-edge segment` + `eval` report.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct InstanceMeans {
-    /// Images averaged.
-    pub images: usize,
-    /// Mean F1 at IoU 0.5.
-    pub f1: f64,
-    /// Mean DSB2018 score (IoU 0.5..0.95).
-    pub dsb: f64,
-    /// Mean pixel Dice.
-    pub dice: f64,
-}
-
-impl InstanceMeans {
-    fn of<'a>(
-        scores: impl IntoIterator<Item = &'a unet_edge::post::metrics::Scores>,
-    ) -> InstanceMeans {
-        let m = unet_edge::post::metrics::ImageMean::of(scores);
-        InstanceMeans {
-            images: m.images,
-            f1: m.f1_at_05,
-            dsb: m.dsb2018_score,
-            dice: m.pixel_dice,
-        }
-    }
-
-    /// What checkpoint selection maximises on whole images: F1 and the DSB2018 score, equally.
-    pub fn score(&self) -> f32 {
-        (0.5 * (self.f1 + self.dsb)) as f32
-    }
+/// What checkpoint selection maximises on whole images: F1 and the DSB2018 score, equally.
+fn selection_score(m: &ImageMean) -> f32 {
+    (0.5 * (m.f1_at_05 + m.dsb2018_score)) as f32
 }
 
 /// Validation figures.
@@ -477,11 +447,11 @@ pub fn validate_instances(
         let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
         scores.push((group.as_str(), Scores::compare(inst.labels(), &truth)));
     }
-    let all = InstanceMeans::of(scores.iter().map(|(_, s)| s));
+    let all = ImageMean::of(scores.iter().map(|(_, s)| s));
     let mut per_group = std::collections::BTreeMap::new();
     for (g, _) in val {
         per_group.entry(g.clone()).or_insert_with(|| {
-            InstanceMeans::of(scores.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
+            ImageMean::of(scores.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
         });
     }
     Ok((all, per_group))
@@ -747,11 +717,13 @@ fn validate_and_keep_best(
             .as_ref()
             .map(|(m, _)| format!(
                 "  whole images: F1 {:.4} DSB {:.4} Dice {:.4}",
-                m.f1, m.dsb, m.dice
+                m.f1_at_05, m.dsb2018_score, m.pixel_dice
             ))
             .unwrap_or_default(),
     );
-    let score = whole.as_ref().map_or(v.score(), |(m, _)| m.score());
+    let score = whole
+        .as_ref()
+        .map_or(v.score(), |(m, _)| selection_score(m));
     if state.best_step == 0 || score >= state.best_score {
         if let Some((_, g)) = &whole {
             state.best_groups = g.clone();
@@ -807,7 +779,7 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState) -> Result<Vec
         .map(|(_, m)| {
             format!(
                 "; {} whole validation images: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
-                m.images, m.f1, m.dsb, m.dice
+                m.images, m.f1_at_05, m.dsb2018_score, m.pixel_dice
             )
         })
         .unwrap_or_default();

@@ -2,6 +2,17 @@
 
 use tract_onnx::tract_core::internal::*;
 
+/// tract's requantization of one accumulator: `round_half_even(|v|·s)·sign(v) + zp`, clamped
+/// to `[min, max]`; every int8 operator of the project rounds through this definition.
+#[inline(always)]
+pub fn requantize(v: i32, s: f32, zero_point: i32, min: i32, max: i32) -> i8 {
+    let f = v as f32;
+    let r = (f.abs() * s).round_ties_even().copysign(f);
+    // Beyond ±2^15 the clamp decides anyway; this keeps the float→int cast in range.
+    let r = r.clamp(-32768.0, 32767.0) as i32;
+    (r + zero_point).clamp(min, max) as i8
+}
+
 /// Per-channel requantization of an i32 accumulator to i8: `clamp(round_even(x·s[c]) + zp)`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requantize {
@@ -34,14 +45,9 @@ impl Requantize {
         Ok(())
     }
 
-    /// tract's arithmetic for one value: `round_half_even(|v|·s)·sign(v) + zp`, clamped.
     #[inline(always)]
     fn one(&self, v: i32, s: f32) -> i8 {
-        let f = v as f32;
-        let r = (f.abs() * s).round_ties_even().copysign(f);
-        // Beyond ±2^15 the clamp decides anyway; this keeps the float→int cast in range.
-        let r = r.clamp(-32768.0, 32767.0) as i32;
-        (r + self.zero_point).clamp(self.min, self.max) as i8
+        requantize(v, s, self.zero_point, self.min, self.max)
     }
 
     /// 16 values at a time with SSE2 (x86-64's baseline): the conversion rounds half to even

@@ -8,6 +8,7 @@
 //! plan. The small API: [`optimize`] a typed model, [`fold`] a graph, build one with
 //! [`onnx_writer::GraphBuilder`].
 
+pub mod conv;
 pub mod im2col_i8;
 pub mod int8_ops;
 pub mod maxpool;

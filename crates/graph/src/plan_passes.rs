@@ -358,6 +358,26 @@ pub fn optimizer() -> Optimizer {
     for (i, pass) in passes().into_iter().enumerate() {
         opt.add_pass(3 + i, Box::new(pass));
     }
+    // Convolutions become the project's direct convolutions before tract lowers them to im2col
+    // + matmul (where this CPU has a kernel of the project's), and a float one takes the ReLU
+    // after it into its epilogue.
+    let convs = [
+        RewritePass {
+            name: "conv-i8-swap",
+            rewrite: crate::conv::int8::swap_conv,
+        },
+        RewritePass {
+            name: "conv-f32-swap",
+            rewrite: crate::conv::float::swap_conv,
+        },
+        RewritePass {
+            name: "conv-f32-relu",
+            rewrite: crate::conv::float::fuse_relu,
+        },
+    ];
+    for (i, pass) in convs.into_iter().enumerate() {
+        opt.add_pass(2 + i, Box::new(pass));
+    }
     opt
 }
 
@@ -457,7 +477,13 @@ mod tests {
             let our_ops = ops(&ours);
             assert!(stock_ops.iter().any(|o| o == "QSumB"), "{stock_ops:?}");
             assert!(!our_ops.iter().any(|o| o == "QSumB"), "{our_ops:?}");
-            assert!(our_ops.iter().any(|o| o == "Requantize"), "{our_ops:?}");
+            if crate::conv::KernelPath::detect_int8().is_some() {
+                // The project's direct convolution replaces the whole lowering.
+                assert!(our_ops.iter().any(|o| o == "ConvI8"), "{our_ops:?}");
+                assert!(!our_ops.iter().any(|o| o == "Im2colI8"), "{our_ops:?}");
+            } else {
+                assert!(our_ops.iter().any(|o| o == "Requantize"), "{our_ops:?}");
+            }
             for o in ["Scale", "Min", "Max"] {
                 assert!(!our_ops.iter().any(|x| x == o), "{o} left in {our_ops:?}");
             }

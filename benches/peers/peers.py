@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Per-tile latency of unet-edge (tract + the project's plan passes) against onnxruntime, f32 and
-int8, on the same ONNX model, 1 thread, batch 1, measured alternately so that machine noise hits
-every contender alike. Not part of CI.
+"""Per-tile latency of unet-edge (tract + the project's plan passes and convolution kernels)
+against onnxruntime and OpenVINO, f32 and int8, on the same ONNX model, 1 thread, batch 1,
+measured alternately so that machine noise hits every contender alike, with each one's ratio to
+the compute floor. Not part of CI.
 
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benches/peers/requirements.txt
     cargo build --release
@@ -9,7 +10,12 @@ every contender alike. Not part of CI.
 
 onnxruntime's int8 model is made by its own static quantizer (QDQ, per-channel int8 weights,
 uint8 activations) from the same f32 model, calibrated on normalized 128x128 crops of the images
-in samples/; unet-edge's is models/unet-nuclei.int8.onnx (made by unet-quantize).
+in samples/; OpenVINO runs that same QDQ model (its low-precision transformations make it int8);
+unet-edge's is models/unet-nuclei.int8.onnx (made by unet-quantize).
+
+The compute floor is the model's multiply-accumulates (`unet-edge info`) over one core's peak:
+`--f32-peak` in GFLOP/s (2 per FMA; `cargo run --release --example fma_peak` measures it) and
+`--int8-peak` in G MAC/s (AVX-512 VNNI: 64 MACs per vpdpbusd and cycle per port).
 """
 import argparse
 import json
@@ -22,6 +28,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+import openvino as ov
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                       quantize_static)
 from PIL import Image
@@ -114,6 +121,26 @@ def ort_profile(path, runs, top=12):
         print(f"  {ms / n:8.3f}  {node} [{op}]")
 
 
+def ov_compiled(path):
+    core = ov.Core()
+    cfg = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+           "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+    return core.compile_model(path, "CPU", cfg)
+
+
+def time_ov(compiled, tiles, warmup=3):
+    req = compiled.create_infer_request()
+    x = np.random.default_rng(1).random((1, 1, TILE, TILE), dtype=np.float32)
+    for _ in range(warmup):
+        req.infer([x])
+    lat = []
+    for _ in range(tiles):
+        t = time.perf_counter()
+        req.infer([x])
+        lat.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(lat)
+
+
 def time_unet_edge(binary, model, tiles):
     out = subprocess.run([binary, "bench", "--model", model, "--tiles", str(tiles), "--json"],
                          check=True, capture_output=True, text=True).stdout
@@ -128,6 +155,9 @@ def main():
     ap.add_argument("--samples", default="samples")
     ap.add_argument("--tiles", type=int, default=60, help="timed tiles per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    ap.add_argument("--macs", type=float, default=871.0, help="M MAC per tile (unet-edge info)")
+    ap.add_argument("--f32-peak", type=float, default=276.0, help="GFLOP/s of one core (fma_peak)")
+    ap.add_argument("--int8-peak", type=float, default=490.0, help="G int8 MAC/s of one core")
     ap.add_argument("--profile", action="store_true",
                     help="also print onnxruntime's per-operator profile of the f32 model")
     a = ap.parse_args()
@@ -142,23 +172,32 @@ def main():
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         s_f32, s_int8 = ort_session(a.model), ort_session(ort_int8)
-        runs = {k: [] for k in ("ort f32", "unet-edge f32", "ort int8", "unet-edge int8")}
+        v_f32, v_int8 = ov_compiled(a.model), ov_compiled(ort_int8)
+        runs = {k: [] for k in ("ort f32", "openvino f32", "unet-edge f32",
+                                "ort int8", "openvino int8", "unet-edge int8")}
         for r in range(a.rounds):
             runs["ort f32"].append(time_ort(s_f32, a.tiles))
+            runs["openvino f32"].append(time_ov(v_f32, a.tiles))
             runs["unet-edge f32"].append(time_unet_edge(a.binary, a.model, a.tiles))
             runs["ort int8"].append(time_ort(s_int8, a.tiles))
+            runs["openvino int8"].append(time_ov(v_int8, a.tiles))
             runs["unet-edge int8"].append(time_unet_edge(a.binary, a.int8, a.tiles))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items()),
                   file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    floor = {"f32": a.macs * 2 / a.f32_peak, "int8": a.macs / a.int8_peak}
     print(f"ms per 128x128 tile, 1 thread, batch 1, median of {a.rounds} alternating rounds "
-          f"(onnxruntime {ort.__version__}):")
+          f"(onnxruntime {ort.__version__}, OpenVINO {ov.__version__}):")
     for k, v in med.items():
-        print(f"  {k:<15} {v:7.2f}")
-    print(f"  unet-edge / onnxruntime: f32 {med['unet-edge f32'] / med['ort f32']:.2f}x, "
-          f"int8 {med['unet-edge int8'] / med['ort int8']:.2f}x")
+        print(f"  {k:<15} {v:7.2f}   {v / floor[k.split()[-1]]:5.2f}x the compute floor")
+    print(f"  compute floor   f32 {floor['f32']:.2f}, int8 {floor['int8']:.2f}")
+    for dt in ("f32", "int8"):
+        u = med[f"unet-edge {dt}"]
+        print(f"  unet-edge {dt}: {u / med[f'ort {dt}']:.2f}x onnxruntime, "
+              f"{u / med[f'openvino {dt}']:.2f}x OpenVINO")
     print(f"  int8 / f32: unet-edge {med['unet-edge int8'] / med['unet-edge f32']:.2f}x, "
-          f"onnxruntime {med['ort int8'] / med['ort f32']:.2f}x")
+          f"onnxruntime {med['ort int8'] / med['ort f32']:.2f}x, "
+          f"OpenVINO {med['openvino int8'] / med['openvino f32']:.2f}x")
     if a.profile:
         ort_profile(a.model, a.tiles)
 

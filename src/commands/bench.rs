@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
 use unet_edge::engine::arena::ArenaStats;
+use unet_edge::engine::cpu::CpuReport;
 use unet_edge::rng::Rng;
 
 /// Options of `bench`.
@@ -112,9 +113,11 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let window = (last.unwrap() - first.unwrap()).as_secs_f64();
     let tps = tiles_done as f64 / window.max(1e-9);
     let s = stats(lat);
+    let cpu = CpuReport::probe();
     if a.json {
         let j = serde_json::json!({
             "model": model.source,
+            "cpu": cpu,
             "tile": cfg.tile,
             "threads": threads,
             "batch": cfg.batch,
@@ -131,6 +134,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             "model {}  tile {}  batch {}  threads {}  tiles {}",
             model.source, cfg.tile, cfg.batch, threads, tiles_done
         );
+        println!("{cpu}");
         println!(
             "ms/tile  min {:.2}  p50 {:.2}  p90 {:.2}  p99 {:.2}  mean {:.2}",
             s.min, s.p50, s.p90, s.p99, s.mean
@@ -190,8 +194,13 @@ fn print_profile(plan: &unet_edge::engine::model::TilePlan, runs: usize) -> Resu
     slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     println!("  slowest nodes:");
     for n in slow.iter().take(12) {
+        let info = if n.info.is_empty() || n.info.len() > 60 {
+            String::new()
+        } else {
+            format!(" {}", n.info)
+        };
         println!(
-            "  {:8.3} {:5.1}%  {} [{} {}]",
+            "  {:8.3} {:5.1}%  {} [{} {}]{info}",
             n.ms,
             100.0 * n.ms / total.max(1e-12),
             n.name,

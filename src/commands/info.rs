@@ -47,6 +47,7 @@ pub fn run(a: InfoArgs) -> Result<i32> {
             String::new()
         }
     );
+    println!("{}", unet_edge::engine::cpu::CpuReport::probe());
     println!("optimized plan operators (count, op, output type):");
     for (op, dt, n) in plan.op_census() {
         println!("  {n:4}  {op:<28} {dt}");

@@ -422,6 +422,7 @@ impl TileRunner {
                 NodeTime {
                     name: node.name.clone(),
                     op: node.op.name().to_string(),
+                    info: node.op.info().map(|i| i.join("; ")).unwrap_or_default(),
                     datum_type: node
                         .outputs
                         .first()
@@ -480,6 +481,8 @@ pub struct NodeTime {
     pub name: String,
     /// Operator name.
     pub op: String,
+    /// The operator's own description (e.g. a convolution's shape and kernel path).
+    pub info: String,
     /// Output datum type.
     pub datum_type: String,
     /// Mean milliseconds per run.

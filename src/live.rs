@@ -402,13 +402,17 @@ fn save_frame<B: TileBackend>(
     f: &FrameBuf,
     dir: &std::path::Path,
 ) -> Result<()> {
+    use crate::io::imageio;
     let name = format!("frame{:08}", f.index);
-    crate::io::imageio::save_mask(
-        &dir.join(format!("{name}.mask.png")),
-        f.width,
-        f.height,
-        seg.mask(),
+    let overlay = imageio::overlay(seg.normalized(), seg.mask(), f.width, f.height);
+    let mut files = imageio::OutputSet::default();
+    files.stage(
+        &dir.join(format!("{name}.overlay.png")),
+        &imageio::png_rgb8(overlay)?,
     )?;
-    let overlay = crate::io::imageio::overlay(seg.normalized(), seg.mask(), f.width, f.height);
-    crate::io::imageio::save_rgb8(&dir.join(format!("{name}.overlay.png")), overlay)
+    files.stage(
+        &dir.join(format!("{name}.mask.png")),
+        &imageio::png_mask(f.width, f.height, seg.mask())?,
+    )?;
+    files.commit()
 }

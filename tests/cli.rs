@@ -580,3 +580,44 @@ fn bad_tiling_metadata_is_blamed_on_the_model_not_on_a_flag() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
+    // Regression: a SIGKILL between writing and renaming left `.x.mask.png.tmp-PID` files for
+    // good. A later run removes those of processes that no longer exist.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.png");
+    save_gray16(&input, 32, 32, vec![100; 32 * 32]).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let stale = out.join(".x.mask.png.tmp-99999999");
+    std::fs::write(&stale, b"half a png").unwrap();
+    let o = util::run(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(!stale.exists(), "the stale temporary is still there");
+    assert!(
+        err.contains(".x.mask.png.tmp-99999999"),
+        "not reported: {err}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "x.labels.png",
+            "x.mask.png",
+            "x.nuclei.csv",
+            "x.overlay.png",
+            "x.prob.png"
+        ]
+    );
+}

@@ -100,6 +100,12 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     let icfg = a.nuclei.config()?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
+    for stale in imageio::remove_stale_temps(&a.out)? {
+        log::warn!(
+            "removed {}, left by an earlier run that was killed",
+            stale.display()
+        );
+    }
     let mut failures = 0;
     let mut written: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for item in expand(&a.inputs) {
@@ -156,18 +162,28 @@ fn segment_one(
         .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
     let mask_path = out.join(format!("{name}.mask.png"));
-    imageio::save_mask(&mask_path, w, h, seg.mask())?;
-    imageio::save_gray8(&out.join(format!("{name}.prob.png")), w, h, prob)?;
     let labels: Vec<u16> = inst.labels().iter().map(|&l| l as u16).collect();
-    imageio::save_gray16(&out.join(format!("{name}.labels.png")), w, h, labels)?;
-    imageio::write_atomic(
+    // All five files or none: a disk that fills midway leaves no image with part of its results
+    // (which `eval` would score). The labels, what `eval` reads first, go into place last.
+    let mut files = imageio::OutputSet::default();
+    files.stage(
+        &out.join(format!("{name}.prob.png")),
+        &imageio::png_gray8(w, h, prob)?,
+    )?;
+    files.stage(
         &out.join(format!("{name}.nuclei.csv")),
         nuclei_csv(inst.nuclei()).as_bytes(),
     )?;
-    imageio::save_rgb8(
+    files.stage(
         &out.join(format!("{name}.overlay.png")),
-        imageio::overlay(seg.normalized(), seg.mask(), w, h),
+        &imageio::png_rgb8(imageio::overlay(seg.normalized(), seg.mask(), w, h))?,
     )?;
+    files.stage(&mask_path, &imageio::png_mask(w, h, seg.mask())?)?;
+    files.stage(
+        &out.join(format!("{name}.labels.png")),
+        &imageio::png_gray16(w, h, labels)?,
+    )?;
+    files.commit()?;
     let (input, mask) = (path.display().to_string(), mask_path.display().to_string());
     let mut line = String::with_capacity(512);
     FrameRecord {

@@ -174,6 +174,13 @@ fn mean3(c: [f32; 3]) -> f32 {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename, so
 /// a reader never sees a half-written file and a crash leaves the old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut set = OutputSet::default();
+    set.stage(path, bytes)?;
+    set.commit()
+}
+
+/// The temporary name `path` is staged under: `.NAME.tmp-PID` beside it.
+fn temp_name(path: &Path) -> Result<PathBuf> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -181,22 +188,87 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
+    Ok(dir.join(format!(
+        ".{}{TEMP_MARK}{}",
         name.to_string_lossy(),
         std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    )))
+}
+
+/// What separates a staged file's name from the process id that wrote it.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Files that appear together or not at all: each is written and synced under a temporary name
+/// first ([`OutputSet::stage`]); only when all are written does [`OutputSet::commit`] rename them
+/// into place, in staging order (stage the file readers look for first — e.g. `eval`'s labels —
+/// last). Dropped without a commit (an error on the way), it removes what it staged.
+#[derive(Default)]
+pub struct OutputSet {
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl OutputSet {
+    /// Writes `bytes` under `path`'s temporary name.
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = temp_name(path)?;
+        let result = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        match result {
+            Ok(()) => {
+                self.staged.push((tmp, path.to_path_buf()));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e).with_context(|| format!("writing {}", path.display()))
+            }
+        }
     }
-    result.with_context(|| format!("writing {}", path.display()))
+
+    /// Renames every staged file into place.
+    pub fn commit(mut self) -> Result<()> {
+        for (tmp, path) in std::mem::take(&mut self.staged) {
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutputSet {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Removes the staged files (`.NAME.tmp-PID`) in `dir` that a process no longer running left
+/// behind (killed between staging and commit); returns their paths. Linux: a process is alive
+/// while `/proc/PID` exists.
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = vec![];
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(TEMP_MARK))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
@@ -205,33 +277,47 @@ fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
-/// Writes an 8-bit greyscale PNG atomically.
-pub fn save_gray8(path: &Path, width: usize, height: usize, data: Vec<u8>) -> Result<()> {
+/// An 8-bit greyscale PNG.
+pub fn png_gray8(width: usize, height: usize, data: Vec<u8>) -> Result<Vec<u8>> {
     let b = ImageBuffer::<Luma<u8>, _>::from_raw(width as u32, height as u32, data)
         .context("buffer size does not match the image size")?;
-    write_atomic(path, &encode_png(&DynamicImage::ImageLuma8(b))?)
+    encode_png(&DynamicImage::ImageLuma8(b))
 }
 
-/// Writes a 0/1 mask as an 8-bit 0/255 PNG atomically.
-pub fn save_mask(path: &Path, width: usize, height: usize, mask: &[u8]) -> Result<()> {
-    save_gray8(
-        path,
+/// A 0/1 mask as an 8-bit 0/255 PNG.
+pub fn png_mask(width: usize, height: usize, mask: &[u8]) -> Result<Vec<u8>> {
+    png_gray8(
         width,
         height,
         mask.iter().map(|&m| if m != 0 { 255 } else { 0 }).collect(),
     )
 }
 
-/// Writes a 16-bit greyscale PNG atomically (label images).
-pub fn save_gray16(path: &Path, width: usize, height: usize, data: Vec<u16>) -> Result<()> {
+/// A 16-bit greyscale PNG (label images).
+pub fn png_gray16(width: usize, height: usize, data: Vec<u16>) -> Result<Vec<u8>> {
     let b = ImageBuffer::<Luma<u16>, _>::from_raw(width as u32, height as u32, data)
         .context("buffer size does not match the image size")?;
-    write_atomic(path, &encode_png(&DynamicImage::ImageLuma16(b))?)
+    encode_png(&DynamicImage::ImageLuma16(b))
 }
 
-/// Writes an RGB PNG atomically.
-pub fn save_rgb8(path: &Path, img: ImageBuffer<Rgb<u8>, Vec<u8>>) -> Result<()> {
-    write_atomic(path, &encode_png(&DynamicImage::ImageRgb8(img))?)
+/// An RGB PNG.
+pub fn png_rgb8(img: ImageBuffer<Rgb<u8>, Vec<u8>>) -> Result<Vec<u8>> {
+    encode_png(&DynamicImage::ImageRgb8(img))
+}
+
+/// Writes an 8-bit greyscale PNG atomically.
+pub fn save_gray8(path: &Path, width: usize, height: usize, data: Vec<u8>) -> Result<()> {
+    write_atomic(path, &png_gray8(width, height, data)?)
+}
+
+/// Writes a 0/1 mask as an 8-bit 0/255 PNG atomically.
+pub fn save_mask(path: &Path, width: usize, height: usize, mask: &[u8]) -> Result<()> {
+    write_atomic(path, &png_mask(width, height, mask)?)
+}
+
+/// Writes a 16-bit greyscale PNG atomically (label images).
+pub fn save_gray16(path: &Path, width: usize, height: usize, data: Vec<u16>) -> Result<()> {
+    write_atomic(path, &png_gray16(width, height, data)?)
 }
 
 /// The normalized input as grey with the mask's outlines drawn in yellow.
@@ -284,7 +370,11 @@ mod tests {
         save_gray16(&p16, 2, 1, vec![1000, 65535]).unwrap();
         assert_eq!(load_gray(&p16).unwrap().data, vec![1000.0, 65535.0]);
         let prgb = dir.path().join("c.png");
-        save_rgb8(&prgb, ImageBuffer::from_raw(1, 1, vec![0, 0, 30]).unwrap()).unwrap();
+        write_atomic(
+            &prgb,
+            &png_rgb8(ImageBuffer::from_raw(1, 1, vec![0, 0, 30]).unwrap()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(load_gray(&prgb).unwrap().data, vec![10.0]);
         // No temporary files are left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -292,6 +382,56 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_output_set_that_fails_midway_leaves_none_of_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = OutputSet::default();
+        set.stage(&dir.path().join("x.prob.png"), b"prob").unwrap();
+        set.stage(&dir.path().join("x.csv"), b"csv").unwrap();
+        // The third file cannot be written (its folder does not exist): the error names it,
+        // and dropping the set removes what it had staged.
+        let bad = dir.path().join("missing").join("x.labels.png");
+        let err = set.stage(&bad, b"labels").unwrap_err();
+        assert!(format!("{err:#}").contains("x.labels.png"), "{err:#}");
+        drop(set);
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+
+        let mut set = OutputSet::default();
+        set.stage(&dir.path().join("x.prob.png"), b"prob").unwrap();
+        set.stage(&dir.path().join("x.csv"), b"csv").unwrap();
+        // Staged but not committed: nothing under the final names yet.
+        assert!(!dir.path().join("x.csv").exists());
+        set.commit().unwrap();
+        assert_eq!(names(dir.path()), ["x.csv", "x.prob.png"]);
+        assert_eq!(std::fs::read(dir.path().join("x.csv")).unwrap(), b"csv");
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has a pid this high (Linux caps pids at 2^22).
+        let dead = dir.path().join(".x.mask.png.tmp-99999999");
+        // pid 1 is always alive.
+        let live = dir.path().join(".y.mask.png.tmp-1");
+        let own = temp_name(&dir.path().join("z.png")).unwrap();
+        let plain = dir.path().join("x.mask.png");
+        for p in [&dead, &live, &own, &plain] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let removed = remove_stale_temps(dir.path()).unwrap();
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists() && live.exists() && own.exists() && plain.exists());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! in 24 registers and, per tap and input channel, loads 3 vectors of 16 input pixels and
 //! multiplies each by 8 broadcast weights: 24 FMAs per 11 loads, no data rearranged.
 
-use super::{conv_geometry, konst, per_channel, Geometry, KernelPath};
+use super::{conv_geometry, konst, per_channel, swap_in, Geometry, KernelPath};
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
@@ -119,31 +119,15 @@ impl ConvF32 {
     /// The definition: `bias + Σ x·k` over the taps inside the input, then the ReLU.
     fn run_reference(&self, x: &[f32], y: &mut [f32]) {
         let g = &self.geo;
-        let (h, w) = g.hw;
-        let (kh, kw) = g.kernel;
         let (ho, wo) = g.out_hw().expect("checked in new");
         let (weights, bias) = (self.weights(), self.bias());
         for oc in 0..g.cout {
-            let k = &weights[oc * g.cin * kh * kw..(oc + 1) * g.cin * kh * kw];
             for oy in 0..ho {
                 for ox in 0..wo {
                     let mut acc = 0f64;
-                    for ci in 0..g.cin {
-                        for ky in 0..kh {
-                            let iy = (oy + ky) as isize - g.pads[0] as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix = (ox + kx) as isize - g.pads[1] as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                let v = x[(ci * h + iy as usize) * w + ix as usize];
-                                acc += v as f64 * k[(ci * kh + ky) * kw + kx] as f64;
-                            }
-                        }
-                    }
+                    g.for_each_tap(oc, oy, ox, |xi, ki| {
+                        acc += x[xi] as f64 * weights[ki] as f64
+                    });
                     let v = (acc + bias[oc] as f64) as f32;
                     y[(oc * ho + oy) * wo + ox] = if self.relu { v.max(0.0) } else { v };
                 }
@@ -188,15 +172,7 @@ impl EvalOp for ConvF32 {
         let x = args_1!(inputs);
         let g = &self.geo;
         let (ho, wo) = g.out_hw().expect("checked in new");
-        ensure!(
-            x.rank() == 4 && x.shape()[1..] == [g.cin, g.hw.0, g.hw.1],
-            "ConvF32: input {:?} is not [N, {}, {}, {}]",
-            x.shape(),
-            g.cin,
-            g.hw.0,
-            g.hw.1
-        );
-        let batch = x.shape()[0];
+        let batch = g.check_input("ConvF32", &x)?;
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
         // SAFETY: `run_image` writes every output element of each image.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&[batch, g.cout, ho, wo])? };
@@ -216,21 +192,12 @@ impl TypedOp for ConvF32 {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (ho, wo) = self.geo.out_hw().expect("checked in new");
-        let batch = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact(&[
-            batch,
-            self.geo.cout.to_dim(),
-            ho.to_dim(),
-            wo.to_dim()
-        ])))
+        let shape = self.geo.output_shape(inputs[0].shape[0].clone());
+        Ok(tvec!(f32::fact(&*shape)))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let g = &self.geo;
-        let (ho, wo) = g.out_hw().expect("checked in new");
-        let macs = g.cin * g.cout * g.taps() * ho * wo;
-        Ok(tvec!((Cost::FMA(f32::datum_type()), macs.to_dim())))
+        Ok(tvec!((Cost::FMA(f32::datum_type()), self.geo.macs())))
     }
 }
 
@@ -279,12 +246,7 @@ pub fn swap_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typ
     let Some(op) = replacement(model, node, path)? else {
         return Ok(None);
     };
-    Ok(Some(TypedModelPatch::replace_single_op(
-        model,
-        node,
-        &node.inputs[..1],
-        op,
-    )?))
+    Ok(Some(swap_in(model, node, op)?))
 }
 
 /// `ConvF32 → Max(·, 0)` (ONNX Relu as tract declutters it) → `ConvF32` with the ReLU in its

@@ -30,7 +30,7 @@
 //! tract (the [`KernelPath::Reference`] loop is the definition the tests check against, too slow
 //! to ship).
 
-use super::{conv_geometry, ints, konst, per_channel, Geometry, KernelPath};
+use super::{conv_geometry, ints, konst, per_channel, swap_in, Geometry, KernelPath};
 use crate::int8_ops::requantize;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
@@ -169,33 +169,15 @@ impl ConvI8 {
     /// The definition: `Σ (x − x0)·k + bias` over the taps inside the input, requantized.
     fn run_reference(&self, x: &[i8], y: &mut [i8]) {
         let g = &self.geo;
-        let (h, w) = g.hw;
-        let (kh, kw) = g.kernel;
         let (ho, wo) = g.out_hw().expect("checked in new");
-        let scales = self.scales();
-        let bias = self.bias();
-        let x0 = self.x0 as i32;
+        let (scales, bias, x0) = (self.scales(), self.bias(), self.x0 as i32);
         for oc in 0..g.cout {
-            let k = &self.weights[oc * g.cin * kh * kw..(oc + 1) * g.cin * kh * kw];
             for oy in 0..ho {
                 for ox in 0..wo {
                     let mut acc = bias[oc];
-                    for ci in 0..g.cin {
-                        for ky in 0..kh {
-                            let iy = (oy + ky) as isize - g.pads[0] as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix = (ox + kx) as isize - g.pads[1] as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                let v = x[(ci * h + iy as usize) * w + ix as usize] as i32;
-                                acc += (v - x0) * k[(ci * kh + ky) * kw + kx] as i32;
-                            }
-                        }
-                    }
+                    g.for_each_tap(oc, oy, ox, |xi, ki| {
+                        acc += (x[xi] as i32 - x0) * self.weights[ki] as i32;
+                    });
                     y[(oc * ho + oy) * wo + ox] =
                         requantize(acc, scales[oc], self.epilogue.zero_point, -128, 127);
                 }
@@ -252,15 +234,7 @@ impl EvalOp for ConvI8 {
         let g = &self.geo;
         let (ho, wo) = g.out_hw().expect("checked in new");
         ensure!(x.datum_type().unquantized() == i8::datum_type());
-        ensure!(
-            x.rank() == 4 && x.shape()[1..] == [g.cin, g.hw.0, g.hw.1],
-            "ConvI8: input {:?} is not [N, {}, {}, {}]",
-            x.shape(),
-            g.cin,
-            g.hw.0,
-            g.hw.1
-        );
-        let batch = x.shape()[0];
+        let batch = g.check_input("ConvI8", &x)?;
         let plain = x.try_as_plain_ram()?;
         // SAFETY: the datum type is i8 (possibly carrying quantization parameters).
         let xs = unsafe { plain.as_slice_unchecked::<i8>() };
@@ -283,21 +257,12 @@ impl TypedOp for ConvI8 {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (ho, wo) = self.geo.out_hw().expect("checked in new");
-        let batch = inputs[0].shape[0].clone();
-        Ok(tvec!(self.out_dt.fact(&[
-            batch,
-            self.geo.cout.to_dim(),
-            ho.to_dim(),
-            wo.to_dim()
-        ])))
+        let shape = self.geo.output_shape(inputs[0].shape[0].clone());
+        Ok(tvec!(self.out_dt.fact(&*shape)))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let g = &self.geo;
-        let (ho, wo) = g.out_hw().expect("checked in new");
-        let macs = g.cin * g.cout * g.taps() * ho * wo;
-        Ok(tvec!((Cost::FMA(i32::datum_type()), macs.to_dim())))
+        Ok(tvec!((Cost::FMA(i32::datum_type()), self.geo.macs())))
     }
 }
 
@@ -378,12 +343,7 @@ pub fn swap_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typ
     let Some(op) = replacement(model, node, path)? else {
         return Ok(None);
     };
-    Ok(Some(TypedModelPatch::replace_single_op(
-        model,
-        node,
-        &node.inputs[..1],
-        op,
-    )?))
+    Ok(Some(swap_in(model, node, op)?))
 }
 
 #[cfg(test)]

@@ -157,6 +157,55 @@ impl Geometry {
         out_pixels + (self.kernel.0 - 1) * self.padded().1 + self.kernel.1
     }
 
+    /// Output shape `[batch, cout, Ho, Wo]` for the op's output fact.
+    fn output_shape(&self, batch: TDim) -> TVec<TDim> {
+        let (ho, wo) = self.out_hw().expect("checked when the op was built");
+        tvec!(batch, self.cout.to_dim(), ho.to_dim(), wo.to_dim())
+    }
+
+    /// Multiply-accumulates per image, for tract's cost model.
+    fn macs(&self) -> TDim {
+        let (ho, wo) = self.out_hw().expect("checked when the op was built");
+        (self.cin * self.cout * self.taps() * ho * wo).to_dim()
+    }
+
+    /// Checks that `x` is `[N, cin, H, W]`; returns N.
+    fn check_input(&self, op: &str, x: &Tensor) -> TractResult<usize> {
+        ensure!(
+            x.rank() == 4 && x.shape()[1..] == [self.cin, self.hw.0, self.hw.1],
+            "{op}: input {:?} is not [N, {}, {}, {}]",
+            x.shape(),
+            self.cin,
+            self.hw.0,
+            self.hw.1
+        );
+        Ok(x.shape()[0])
+    }
+
+    /// The definition both references compute: for output channel `oc`, pixel `(oy, ox)`, calls
+    /// `tap(input index, weight index)` for every tap that falls inside the input (padding
+    /// contributes nothing, or the zero point's nothing in int8).
+    fn for_each_tap(&self, oc: usize, oy: usize, ox: usize, mut tap: impl FnMut(usize, usize)) {
+        let (h, w) = self.hw;
+        let (kh, kw) = self.kernel;
+        for ci in 0..self.cin {
+            for ky in 0..kh {
+                let Some(iy) = (oy + ky).checked_sub(self.pads[0]).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                for kx in 0..kw {
+                    let Some(ix) = (ox + kx).checked_sub(self.pads[1]).filter(|&ix| ix < w) else {
+                        continue;
+                    };
+                    tap(
+                        (ci * h + iy) * w + ix,
+                        ((oc * self.cin + ci) * kh + ky) * kw + kx,
+                    );
+                }
+            }
+        }
+    }
+
     /// Copies the rows computed along the padded width (`rows`: `live` channels of
     /// `out_pixels`) into channels `oc0..` of the NCHW output `y`.
     fn store_rows<T: Copy>(
@@ -216,6 +265,15 @@ fn conv_geometry(model: &TypedModel, node: &TypedNode, op: &Conv) -> TractResult
         pads: [before[0], before[1], after[0], after[1]],
     };
     Ok(geo.out_hw().map(|_| geo))
+}
+
+/// `node` (a `Conv`) replaced by `op`, which takes only its data input.
+fn swap_in<O: TypedOp>(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: O,
+) -> TractResult<TypedModelPatch> {
+    TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)
 }
 
 /// The constant value of `outlet`, if it has one.

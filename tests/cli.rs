@@ -2,6 +2,7 @@
 
 mod util;
 
+use std::path::Path;
 use unet_edge::contract::ModelMeta;
 use unet_edge::io::imageio::save_gray16;
 use unet_edge::rng::Rng;
@@ -620,4 +621,54 @@ fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
             "x.prob.png"
         ]
     );
+}
+
+#[test]
+fn the_int8_kernels_give_tracts_masks_and_labels() {
+    // The project's ConvI8 against tract's own lowering on the shipped int8 model: masks and
+    // labels byte-identical (what the aarch64 CI step relies on), probabilities identical but
+    // for at most 1 pixel in 10,000 (measured: 1 of 262,144, by 4/255; cause not yet found —
+    // ConvI8 is exact against its reference). Where the CPU has no kernel of the project's both
+    // runs are tract's, and the test holds trivially.
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/unet-nuclei.int8.onnx");
+    let input = root.join("samples/synthetic-512.png");
+    let mut outs = vec![];
+    for (name, tract_only) in [("ours", false), ("tract", true)] {
+        let out = dir.path().join(name);
+        let mut c = util::command();
+        c.args(["segment", input.to_str().unwrap()]).args([
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if tract_only {
+            c.env("UNET_EDGE_CONV", "tract");
+            // tract 0.23.9's AMX int8 matmul crashes (README, "Known issue").
+            if cfg!(target_arch = "x86_64") {
+                c.env("TRACT_CPU_ISA", "-amx-int8");
+            }
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    for file in ["synthetic-512.mask.png", "synthetic-512.labels.png"] {
+        let a = std::fs::read(outs[0].join(file)).unwrap();
+        let b = std::fs::read(outs[1].join(file)).unwrap();
+        assert!(
+            a == b,
+            "{file} differs between the project's kernels and tract's"
+        );
+    }
+    let prob = |o: &std::path::Path| {
+        unet_edge::io::imageio::load_gray(&o.join("synthetic-512.prob.png"))
+            .unwrap()
+            .data
+    };
+    let (a, b) = (prob(&outs[0]), prob(&outs[1]));
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert!(differ <= a.len() / 10_000, "{differ} probabilities differ");
 }

@@ -323,9 +323,11 @@ pub fn replacement(
     let Some(k_scale) = per_channel(k_scale, cout) else {
         return Ok(None);
     };
-    // tract: ab = k_scale · x_scale, then abc = ab / y_scale (f32), so the factors match bit
-    // for bit.
-    let scales: Vec<f32> = k_scale.iter().map(|&k| (k * x_scale) / y_scale).collect();
+    // tract: ab = k_scale · x_scale, then abc = ab / y_scale, which its declutter turns into
+    // ab · recip(y_scale) (a division by a uniform float); computed the same way, the factors
+    // match bit for bit (a true division differs by an ulp now and then, and with it a rounding).
+    let recip = y_scale.recip();
+    let scales: Vec<f32> = k_scale.iter().map(|&k| (k * x_scale) * recip).collect();
     let Ok(x0) = i8::try_from(x0) else {
         return Ok(None);
     };

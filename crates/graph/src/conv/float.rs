@@ -12,9 +12,6 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 
-/// Output channels per micro-kernel call of the packed paths.
-pub(super) const OC_TILE: usize = 8;
-
 /// A float convolution with constant weights and bias, optionally followed by a ReLU.
 #[derive(Clone, Debug, PartialEq, Hash)]
 pub struct ConvF32 {
@@ -26,8 +23,10 @@ pub struct ConvF32 {
     pub bias: Arc<Tensor>,
     /// Whether a ReLU follows in the epilogue.
     pub relu: bool,
-    /// Weights packed for `path`: `[oc tile][cin][tap][OC_TILE]`, the kernel's loop order.
+    /// Weights packed for `path`: `[oc tile][cin][tap][oc_tile]`, the kernel's loop order.
     pub(super) packed: Arc<Tensor>,
+    /// Output channels per micro-kernel call ([`super::oc_tile_for`]).
+    pub(super) oc_tile: usize,
     /// The implementation that runs.
     pub path: KernelPath,
 }
@@ -52,16 +51,17 @@ impl ConvF32 {
             geo.out_hw().is_some(),
             "ConvF32: kernel larger than its input"
         );
+        let oc_tile = super::oc_tile_for(&geo);
         let packed = match path {
             KernelPath::Reference => vec![],
             _ => {
-                let tiles = geo.cout.div_ceil(OC_TILE);
-                let mut p = vec![0f32; tiles * taps * geo.cin * OC_TILE];
+                let tiles = geo.cout.div_ceil(oc_tile);
+                let mut p = vec![0f32; tiles * taps * geo.cin * oc_tile];
                 for oc in 0..geo.cout {
                     for ci in 0..geo.cin {
                         for t in 0..taps {
-                            let dst = (((oc / OC_TILE) * geo.cin + ci) * taps + t) * OC_TILE
-                                + oc % OC_TILE;
+                            let dst = (((oc / oc_tile) * geo.cin + ci) * taps + t) * oc_tile
+                                + oc % oc_tile;
                             p[dst] = weights[(oc * geo.cin + ci) * taps + t];
                         }
                     }
@@ -75,6 +75,7 @@ impl ConvF32 {
             bias: tensor1(&bias).into_arc_tensor(),
             relu: false,
             packed: tensor1(&packed).into_arc_tensor(),
+            oc_tile,
             path,
         })
     }

@@ -59,6 +59,8 @@ pub struct ConvI8 {
     pub epilogue: Epilogue,
     /// Weights packed for `path`.
     pub(super) packed: Arc<Vec<i8>>,
+    /// Output channels per micro-kernel call ([`super::oc_tile_for`]).
+    pub(super) oc_tile: usize,
     /// The implementation that runs.
     pub path: KernelPath,
     /// Output datum type (i8, carrying the output's quantization parameters).
@@ -98,8 +100,9 @@ impl ConvI8 {
                 i32::try_from(c).map_err(|_| format_err!("ConvI8: bias out of i32 range"))
             })
             .collect::<TractResult<Vec<i32>>>()?;
+        let oc_tile = super::oc_tile_for(&geo);
         let packed = match path {
-            KernelPath::Avx512Vnni => pack_weights(&geo, &weights, OC_TILE),
+            KernelPath::Avx512Vnni => pack_weights(&geo, &weights, oc_tile),
             _ => vec![],
         };
         Ok(ConvI8 {
@@ -112,6 +115,7 @@ impl ConvI8 {
                 zero_point,
             },
             packed: Arc::new(packed),
+            oc_tile,
             path,
             out_dt,
         })
@@ -186,10 +190,7 @@ impl ConvI8 {
     }
 }
 
-/// Output channels per micro-kernel call of the packed paths.
-pub(super) const OC_TILE: usize = 8;
-
-/// Weights as `[oc tile][channel group of 4][tap][OC_TILE][4]`, the kernel's loop order (a
+/// Weights as `[oc tile][channel group of 4][tap][oc_tile][4]`, the kernel's loop order (a
 /// group's taps read neighbouring rows of one plane, still in L1); for one group and tap the
 /// 4-byte words of consecutive output channels are adjacent, so the broadcasts read one cache
 /// line. Channels past `cin` and output channels past `cout` are zero.

@@ -228,6 +228,19 @@ impl Geometry {
     }
 }
 
+/// Output channels per micro-kernel call (the accumulators are `oc_tile x 24/oc_tile` vectors
+/// of 16 pixels): 8 channels x 3 vectors where the image is large, 4 x 6 where all its output
+/// pixels fit in one or two blocks of 48 (the 8x8 bottleneck), so that each weight is loaded once
+/// per image instead of once per block — those layers' weights (up to 2.4 MB) do not stay in
+/// cache between blocks.
+pub(super) fn oc_tile_for(geo: &Geometry) -> usize {
+    if geo.out_pixels(48) <= 96 {
+        4
+    } else {
+        8
+    }
+}
+
 /// The geometry of a tract `Conv` node this module covers (one group, OIHW weights, NCHW, stride
 /// and dilation 1, explicit or no padding, concrete 4-d input), or `None`.
 fn conv_geometry(model: &TypedModel, node: &TypedNode, op: &Conv) -> TractResult<Option<Geometry>> {

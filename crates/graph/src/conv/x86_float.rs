@@ -1,13 +1,7 @@
 //! x86-64 micro-kernel of [`super::float::ConvF32`].
 
-use super::float::{ConvF32, OC_TILE};
+use super::float::ConvF32;
 use std::arch::x86_64::*;
-
-/// Vectors of 16 output pixels per micro-kernel call: 8 channels x 3 vectors = 24 accumulators,
-/// plus 3 input vectors and a broadcast, within AVX-512's 32 registers.
-const PX: usize = 3;
-/// Output pixels per micro-kernel call.
-const BLOCK: usize = 16 * PX;
 
 /// Whether this CPU runs the AVX-512F kernel.
 pub fn avx512f_available() -> bool {
@@ -17,10 +11,22 @@ pub fn avx512f_available() -> bool {
 /// Runs `conv` on one image with the AVX-512F micro-kernel.
 pub fn run_avx512f(conv: &ConvF32, x: &[f32], y: &mut [f32]) {
     assert!(avx512f_available(), "AVX-512F kernel on a CPU without it");
+    // 24 accumulators either way, plus the input vectors and a broadcast: within AVX-512's 32
+    // registers.
+    match conv.oc_tile {
+        8 => run::<8, 3>(conv, x, y),
+        4 => run::<4, 6>(conv, x, y),
+        other => unreachable!("no f32 micro-kernel for {other} output channels"),
+    }
+}
+
+/// `OC` output channels x `PX` vectors of 16 pixels per micro-kernel call.
+fn run<const OC: usize, const PX: usize>(conv: &ConvF32, x: &[f32], y: &mut [f32]) {
+    let block_px = 16 * PX;
     let g = &conv.geo;
     let (h, w) = g.hw;
     let (_, wp) = g.padded();
-    let out_pixels = g.out_pixels(BLOCK);
+    let out_pixels = g.out_pixels(block_px);
     let plane = g.plane_len(out_pixels);
     let mut planes = vec![0f32; g.cin * plane];
     for c in 0..g.cin {
@@ -30,21 +36,21 @@ pub fn run_avx512f(conv: &ConvF32, x: &[f32], y: &mut [f32]) {
         }
     }
     let taps = g.tap_offsets();
-    let tile_len = taps.len() * g.cin * OC_TILE;
+    let tile_len = taps.len() * g.cin * OC;
     let bias = conv.bias();
-    let mut rows = vec![0f32; OC_TILE * out_pixels];
+    let mut rows = vec![0f32; OC * out_pixels];
     for (tile, weights) in conv.packed().chunks(tile_len).enumerate() {
-        let oc0 = tile * OC_TILE;
-        let live = OC_TILE.min(g.cout - oc0);
-        let mut b = [0f32; OC_TILE];
+        let oc0 = tile * OC;
+        let live = OC.min(g.cout - oc0);
+        let mut b = [0f32; OC];
         b[..live].copy_from_slice(&bias[oc0..oc0 + live]);
-        for start in (0..out_pixels).step_by(BLOCK) {
+        for start in (0..out_pixels).step_by(block_px) {
             // SAFETY: the CPU has AVX-512F (asserted above); the block reads pixels
-            // `start + tap + 0..BLOCK` of each plane, below `plane` by its construction, and
-            // writes `BLOCK` values at `start` of each of the OC_TILE rows of `out_pixels`; the
-            // weights hold `taps · cin · OC_TILE` values for this tile.
+            // `start + tap + 0..16·PX` of each plane, below `plane` by its construction, and
+            // writes `16·PX` values at `start` of each of the OC rows of `out_pixels`; the
+            // weights hold `taps · cin · OC` values for this tile.
             unsafe {
-                block(
+                block::<OC, PX>(
                     planes.as_ptr().add(start),
                     plane,
                     &taps,
@@ -61,27 +67,27 @@ pub fn run_avx512f(conv: &ConvF32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// One block: `OC_TILE` channels x `BLOCK` pixels accumulated over every tap and input channel,
+/// One block: `OC` channels x `16·PX` pixels accumulated over every tap and input channel,
 /// plus bias and the optional ReLU, stored at `out + o·stride`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `inp + c·plane + tap + 0..BLOCK` is readable for every channel `c` and
-/// tap, `w` holds `taps.len() · cin · OC_TILE` values, and `out + o·stride + 0..BLOCK` is
-/// writable for `o < OC_TILE`.
+/// The CPU has AVX-512F; `inp + c·plane + tap + 0..16·PX` is readable for every channel `c` and
+/// tap, `w` holds `taps.len() · cin · OC` values, and `out + o·stride + 0..16·PX` is
+/// writable for `o < OC`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn block(
+unsafe fn block<const OC: usize, const PX: usize>(
     inp: *const f32,
     plane: usize,
     taps: &[usize],
     cin: usize,
     w: *const f32,
-    bias: &[f32; OC_TILE],
+    bias: &[f32; OC],
     relu: bool,
     out: *mut f32,
     stride: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); PX]; OC_TILE];
+    let mut acc = [[_mm512_setzero_ps(); PX]; OC];
     let mut wp = w;
     for c in 0..cin {
         for &t in taps {

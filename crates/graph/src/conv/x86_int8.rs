@@ -1,13 +1,7 @@
 //! x86-64 micro-kernels of [`super::ConvI8`].
 
-use super::int8::{ConvI8, OC_TILE};
+use super::int8::ConvI8;
 use std::arch::x86_64::*;
-
-/// Vectors of 16 output pixels per micro-kernel call: 8 channels x 3 vectors = 24 accumulators,
-/// plus 3 input vectors and a broadcast, within AVX-512's 32 registers.
-const PX: usize = 3;
-/// Output pixels per micro-kernel call.
-const BLOCK: usize = 16 * PX;
 
 /// Whether this CPU runs the AVX-512 VNNI kernel.
 pub fn avx512_vnni_available() -> bool {
@@ -47,19 +41,31 @@ pub fn run_avx512_vnni(conv: &ConvI8, x: &[i8], y: &mut [i8]) {
         avx512_vnni_available(),
         "AVX-512 VNNI kernel on a CPU without it"
     );
+    // 24 accumulators either way, plus the input vectors and a broadcast: within AVX-512's 32
+    // registers.
+    match conv.oc_tile {
+        8 => run::<8, 3>(conv, x, y),
+        4 => run::<4, 6>(conv, x, y),
+        other => unreachable!("no int8 micro-kernel for {other} output channels"),
+    }
+}
+
+/// `OC` output channels x `PX` vectors of 16 pixels per micro-kernel call.
+fn run<const OC: usize, const PX: usize>(conv: &ConvI8, x: &[i8], y: &mut [i8]) {
+    let block_px = 16 * PX;
     let g = &conv.geo;
     let groups = g.cin.div_ceil(4);
-    let out_pixels = g.out_pixels(BLOCK);
+    let out_pixels = g.out_pixels(block_px);
     let (planes, plane) = interleave(conv, x, out_pixels);
     let taps = g.tap_offsets();
     let scales = conv.scales();
-    let tile_len = taps.len() * groups * OC_TILE * 4;
-    let mut rows = vec![0i8; OC_TILE * out_pixels];
+    let tile_len = taps.len() * groups * OC * 4;
+    let mut rows = vec![0i8; OC * out_pixels];
     for (tile, weights) in conv.packed.chunks(tile_len).enumerate() {
-        let oc0 = tile * OC_TILE;
-        let live = OC_TILE.min(g.cout - oc0);
-        let mut comp = [0i32; OC_TILE];
-        let mut scale = [0f32; OC_TILE];
+        let oc0 = tile * OC;
+        let live = OC.min(g.cout - oc0);
+        let mut comp = [0i32; OC];
+        let mut scale = [0f32; OC];
         comp[..live].copy_from_slice(&conv.epilogue.comp[oc0..oc0 + live]);
         scale[..live].copy_from_slice(&scales[oc0..oc0 + live]);
         let epi = Epi {
@@ -67,13 +73,13 @@ pub fn run_avx512_vnni(conv: &ConvI8, x: &[i8], y: &mut [i8]) {
             scale,
             zero_point: conv.epilogue.zero_point,
         };
-        for start in (0..out_pixels).step_by(BLOCK) {
+        for start in (0..out_pixels).step_by(block_px) {
             // SAFETY: the CPU has the features (asserted above); the block reads pixels
-            // `start + tap + 0..BLOCK` of each plane, below `plane` by its construction, and
-            // writes `BLOCK` bytes at `start` of each of the OC_TILE rows of `out_pixels`; the
-            // weights hold `taps · groups · OC_TILE` words for this tile.
+            // `start + tap + 0..16·PX` of each plane, below `plane` by its construction, and
+            // writes `16·PX` bytes at `start` of each of the OC rows of `out_pixels`; the
+            // weights hold `taps · groups · OC` words for this tile.
             unsafe {
-                block(
+                block::<OC, PX>(
                     planes.as_ptr().add(start),
                     plane,
                     &taps,
@@ -90,32 +96,32 @@ pub fn run_avx512_vnni(conv: &ConvI8, x: &[i8], y: &mut [i8]) {
 }
 
 /// The epilogue constants of one tile of output channels.
-struct Epi {
-    comp: [i32; OC_TILE],
-    scale: [f32; OC_TILE],
+struct Epi<const OC: usize> {
+    comp: [i32; OC],
+    scale: [f32; OC],
     zero_point: i32,
 }
 
-/// One block: `OC_TILE` channels x `BLOCK` pixels accumulated over every tap and channel group,
+/// One block: `OC` channels x `16·PX` pixels accumulated over every tap and channel group,
 /// requantized, stored at `out + o·stride`.
 ///
 /// # Safety
-/// The CPU has AVX-512F/BW and AVX-512 VNNI; `inp + g·plane + tap + 0..BLOCK` is readable for
-/// every group `g` and tap, `w` holds `taps.len() · groups · OC_TILE` words, and
-/// `out + o·stride + 0..BLOCK` is writable for `o < OC_TILE`.
+/// The CPU has AVX-512F/BW and AVX-512 VNNI; `inp + g·plane + tap + 0..16·PX` is readable for
+/// every group `g` and tap, `w` holds `taps.len() · groups · OC` words, and
+/// `out + o·stride + 0..16·PX` is writable for `o < OC`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn block(
+unsafe fn block<const OC: usize, const PX: usize>(
     inp: *const u32,
     plane: usize,
     taps: &[usize],
     groups: usize,
     w: *const i32,
-    epi: &Epi,
+    epi: &Epi<OC>,
     out: *mut i8,
     stride: usize,
 ) {
-    let mut acc = [[_mm512_setzero_si512(); PX]; OC_TILE];
+    let mut acc = [[_mm512_setzero_si512(); PX]; OC];
     let mut wp = w;
     for g in 0..groups {
         for &t in taps {

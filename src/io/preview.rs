@@ -179,6 +179,32 @@ impl Read for Deadline<'_> {
     }
 }
 
+/// Time a `/stream` client has to take one whole frame: a reader that stalls, or drains a few
+/// bytes now and then, is dropped when a frame is not through by then, and its slot comes back.
+const FRAME_WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Writes to the connection until a fixed instant (the writing twin of [`Deadline`]): each write
+/// waits at most the time left, so a slow reader cannot stretch one frame past the deadline.
+struct WriteDeadline<'a> {
+    conn: &'a TcpStream,
+    until: Instant,
+}
+
+impl Write for WriteDeadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.conn.set_write_timeout(Some(left))?;
+        (&mut &*self.conn).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&mut &*self.conn).flush()
+    }
+}
+
 /// The path of a request (query string dropped), reading at most [`MAX_REQUEST_BYTES`] within
 /// [`REQUEST_DEADLINE`]; `None` when the request is too large (the caller answers 431).
 fn read_request(conn: &TcpStream) -> std::io::Result<Option<String>> {
@@ -269,14 +295,18 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
                     continue;
                 };
                 seen = gen;
+                let mut w = WriteDeadline {
+                    conn: &conn,
+                    until: Instant::now() + FRAME_WRITE_DEADLINE,
+                };
                 write!(
-                    conn,
+                    w,
                     "--unetedgeframe\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
                     jpeg.len()
                 )?;
-                conn.write_all(&jpeg)?;
-                conn.write_all(b"\r\n")?;
-                conn.flush()?;
+                w.write_all(&jpeg)?;
+                w.write_all(b"\r\n")?;
+                w.flush()?;
             }
         }
         _ => conn.write_all(
@@ -334,6 +364,58 @@ mod tests {
 
         p.publish(&[0.5; 16 * 8], &[0; 16 * 8], 16, 8);
         assert!(get(addr, "/snapshot.jpg?x=1", 1 << 20).starts_with(b"HTTP/1.0 200"));
+    }
+
+    #[test]
+    fn a_stream_reader_that_stalls_is_dropped_and_its_slot_comes_back() {
+        // Regression: MAX_CLIENTS viewers that opened /stream and never read held every slot
+        // (others got 503) for as long as they stayed connected.
+        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let addr = p.addr();
+        let stalled: Vec<TcpStream> = (0..MAX_CLIENTS)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                // A small receive buffer fills after a frame or two.
+                (&c).write_all(b"GET /stream HTTP/1.1\r\n\r\n").unwrap();
+                c
+            })
+            .collect();
+        // Frames big enough to fill the socket buffers: noise compresses badly.
+        let (w, h) = (640, 480);
+        let mut rng = crate::rng::Rng::new(3);
+        let frames: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..w * h).map(|_| rng.uniform()).collect())
+            .collect();
+        let mask = vec![0u8; w * h];
+        let t0 = Instant::now();
+        let mut served = false;
+        let mut i = 0;
+        while t0.elapsed() < Duration::from_secs(30) {
+            p.publish(&frames[i % frames.len()], &mask, w, h);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
+            if t0.elapsed() > Duration::from_secs(2) && i % 10 == 0 {
+                // A full house answers 503 and closes at once, maybe before the request is sent.
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = c.write_all(b"GET /snapshot.jpg HTTP/1.1\r\n\r\n");
+                let mut reply = [0u8; 12];
+                let _ = c.read_exact(&mut reply);
+                if reply.starts_with(b"HTTP/1.0 200") {
+                    served = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            served,
+            "the stalled readers still hold every slot after 30 s"
+        );
+        assert!(
+            t0.elapsed() >= FRAME_WRITE_DEADLINE - Duration::from_millis(500),
+            "slots came back before any deadline: the test did not stall them"
+        );
+        drop(stalled);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The `unet-edge` command line.
 
 mod commands;
+mod config_file;
 mod logger;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// tract's per-run allocations are served from each tile runner's arena (see `unet_edge::engine::arena`).
@@ -31,6 +32,14 @@ struct Cli {
     /// Only errors on stderr: no progress, notes or warnings.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Read the live loop's options from a TOML file (keys are the long option names, e.g.
+    /// `camera = "/dev/video0"`, `fps = 10`); options given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the live loop's effective settings (defaults, --config file, command line) as TOML,
+    /// each with where it came from, and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     live: commands::live::LiveArgs,
 }
@@ -71,6 +80,81 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Show a model's shapes, parameters, cost per tile, metadata and optimized operators.
     Info(commands::info::InfoArgs),
+    /// Check a --config file: every unknown key and bad value is reported by name, with what is
+    /// accepted; exit code 0 when the file is good.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// Which keys the command line and the config file set, for `--print-config`.
+struct Provenance {
+    cli: Vec<String>,
+    file: Vec<String>,
+    path: Option<PathBuf>,
+}
+
+/// The command line with a `--config` file's settings put before the user's arguments, parsed
+/// with later values winning; exits with a message naming the file and key on a bad config.
+fn parse_cli() -> (Cli, clap::ArgMatches, Provenance) {
+    let fail = |msg: String| -> ! {
+        eprintln!("error: {msg}");
+        std::process::exit(2);
+    };
+    let (args, config) = config_file::expand_args(std::env::args_os().collect())
+        .unwrap_or_else(|e| fail(format!("{e:#}")));
+    let mut argv = args[..1].to_vec();
+    let (mut keys, mut path) = (vec![], None);
+    if let Some(file) = config {
+        let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+        if let Some(sub) = first.filter(|f| Cli::command().find_subcommand(f).is_some()) {
+            fail(format!(
+                "--config sets the live loop's options; it does not apply to `{sub}`"
+            ));
+        }
+        let settings = config_file::read::<Cli>(&file).unwrap_or_else(|e| fail(format!("{e:#}")));
+        let problems = config_file::check::<Cli>(&settings);
+        if !problems.is_empty() {
+            fail(format!(
+                "config file {}:\n  {}",
+                file.display(),
+                problems.join("\n  ")
+            ));
+        }
+        for s in settings {
+            argv.extend(s.args.iter().map(Into::into));
+            keys.push(s.key);
+        }
+        path = Some(file);
+    }
+    let cli_keys = config_file::set_by(Cli::command(), &args);
+    argv.extend(args.into_iter().skip(1));
+    let matches = Cli::command()
+        .args_override_self(true)
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let provenance = Provenance {
+        cli: cli_keys,
+        file: keys,
+        path,
+    };
+    (cli, matches, provenance)
+}
+
+/// `check-config FILE`: 0 when good, 2 with every problem listed.
+fn check_config(file: &std::path::Path) -> anyhow::Result<i32> {
+    let settings = config_file::read::<Cli>(file)?;
+    let problems = config_file::check::<Cli>(&settings);
+    if problems.is_empty() {
+        println!("{}: ok ({} settings)", file.display(), settings.len());
+        return Ok(0);
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", file.display());
+    }
+    Ok(2)
 }
 
 fn main() {
@@ -82,9 +166,23 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let (cli, matches, from) = parse_cli();
     logger::init(cli.verbose, cli.quiet);
+    if cli.print_config {
+        print!(
+            "{}",
+            config_file::print_effective(
+                &matches,
+                &Cli::command(),
+                &from.cli,
+                &from.file,
+                from.path.as_deref()
+            )
+        );
+        std::process::exit(0);
+    }
     let result = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Segment(a)) => commands::segment::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
         Some(Command::Info(a)) => commands::info::run(a),

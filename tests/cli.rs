@@ -672,3 +672,53 @@ fn the_int8_kernels_give_tracts_masks_and_labels() {
     let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     assert!(differ <= a.len() / 10_000, "{differ} probabilities differ");
 }
+
+#[test]
+fn a_config_file_sets_the_live_loop_and_the_command_line_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "input = \"synth:96x80\"\nmax-frames = 3\nfps = 5\nthreshold = 0.4\nquiet = true\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let printed = util::run_ok(&["--config", c, "--fps", "0", "--print-config"]);
+    assert!(printed.contains("fps = 0  # command line"), "{printed}");
+    assert!(
+        printed.contains(&format!("threshold = 0.4  # {c}")),
+        "{printed}"
+    );
+    assert!(printed.contains("input = \"synth:96x80\""), "{printed}");
+    assert!(printed.contains("scale = 1  # default"), "{printed}");
+    // The loop runs with the file's settings: three frames, one JSON line each.
+    let out = util::run_ok(&["--config", c, "--fps", "0"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+#[test]
+fn check_config_names_every_bad_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "camra = \"/dev/video0\"\nfps = \"fast\"\n").unwrap();
+    let o = util::run(&["check-config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown key \"camra\"") && err.contains("camera"),
+        "{err}"
+    );
+    // The live loop refuses the same file before anything opens.
+    let o = util::run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let fixed = dir.path().join("fixed.toml");
+    std::fs::write(&fixed, "camera = \"/dev/video0\"\nfps = \"fast\"\n").unwrap();
+    let o = util::run(&["check-config", fixed.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("key fps:") && err.contains("fast"), "{err}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "camera = \"/dev/video0\"\nfps = 10\n").unwrap();
+    let o = util::run_ok(&["check-config", good.to_str().unwrap()]);
+    assert!(o.contains("ok (2 settings)"), "{o}");
+}

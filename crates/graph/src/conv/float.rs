@@ -100,6 +100,7 @@ impl ConvF32 {
         slice(&self.bias)
     }
 
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn packed(&self) -> &[f32] {
         slice(&self.packed)
     }

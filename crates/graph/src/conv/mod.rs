@@ -137,7 +137,9 @@ impl Geometry {
         self.kernel.0 * self.kernel.1
     }
 
-    /// Byte-free tap offsets along the padded plane, in pixels: `ky·Wp + kx`.
+    // Used by the SIMD paths only (x86-64 for now).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// Tap offsets along the padded plane, in pixels: `ky·Wp + kx`.
     fn tap_offsets(&self) -> Vec<usize> {
         let (_, wp) = self.padded();
         (0..self.kernel.0)
@@ -151,6 +153,8 @@ impl Geometry {
         (ho * self.padded().1).div_ceil(block) * block
     }
 
+    // Used by the SIMD paths only (x86-64 for now).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// Length in pixels of one padded input plane: the last block of `out_pixels` outputs reads
     /// up to `out_pixels − 1 + (kh − 1)·Wp + kw − 1`.
     fn plane_len(&self, out_pixels: usize) -> usize {
@@ -206,6 +210,8 @@ impl Geometry {
         }
     }
 
+    // Used by the SIMD paths only (x86-64 for now).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// Copies the rows computed along the padded width (`rows`: `live` channels of
     /// `out_pixels`) into channels `oc0..` of the NCHW output `y`.
     fn store_rows<T: Copy>(

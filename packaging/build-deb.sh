@@ -10,7 +10,7 @@ bin=${2:?path of the unet-edge binary for that architecture}
 out=${3:?output directory}
 case "$arch" in amd64|arm64|armhf) ;; *) echo "unknown arch $arch (amd64, arm64, armhf)" >&2; exit 2;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
+version=${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)}
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -D -m 0755 "$bin" "$stage/usr/bin/unet-edge"

@@ -321,10 +321,7 @@ mod tests {
         assert_eq!(rest, os(&["p", "--fps", "3"]));
         assert_eq!(cfg.unwrap(), PathBuf::from("a.toml"));
         let (rest, cfg) = expand_args(os(&["p", "--config=b.toml"])).unwrap();
-        assert_eq!(
-            (rest, cfg.unwrap()),
-            (os(&["p"]), PathBuf::from("b.toml"))
-        );
+        assert_eq!((rest, cfg.unwrap()), (os(&["p"]), PathBuf::from("b.toml")));
         assert!(expand_args(os(&["p", "--config"])).is_err());
         // After `--` it is a value, not the option.
         let (rest, cfg) = expand_args(os(&["p", "--", "--config", "x"])).unwrap();

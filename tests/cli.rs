@@ -624,18 +624,27 @@ fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
 }
 
 #[test]
-fn the_int8_kernels_give_tracts_masks_and_labels() {
-    // The project's ConvI8 against tract's own lowering on the shipped int8 model: masks and
-    // labels byte-identical (what the aarch64 CI step relies on), probabilities identical but
-    // for at most 1 pixel in 10,000 (measured: 1 of 262,144, by 4/255; cause not yet found —
-    // ConvI8 is exact against its reference). Where the CPU has no kernel of the project's both
-    // runs are tract's, and the test holds trivially.
+fn the_int8_kernels_give_the_references_results_byte_for_byte() {
+    // The project's ConvI8 on the shipped int8 model against the same plan with every
+    // convolution on the scalar reference (`UNET_EDGE_CONV=reference`): probabilities, mask and
+    // labels byte-identical. Against tract's own lowering (`UNET_EDGE_CONV=tract`) masks and
+    // labels must agree (the aarch64 CI step compares those); its probabilities differ from both
+    // at a few pixels (32 of 262,144 on samples/synthetic-512.png with the session-7 model, in one
+    // 11x11 patch): the difference is tract's. Where the CPU has no kernel of the project's, the
+    // first and last runs are both tract's.
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/unet-nuclei.int8.onnx");
-    let input = root.join("samples/synthetic-512.png");
+    let frame = generate(&mut Rng::new(2026), 200, 180, &SynthConfig::default());
+    let input = dir.path().join("x.png");
+    let pixels: Vec<u16> = frame.image.iter().map(|&v| (v * 4000.0) as u16).collect();
+    save_gray16(&input, 200, 180, pixels).unwrap();
     let mut outs = vec![];
-    for (name, tract_only) in [("ours", false), ("tract", true)] {
+    for (name, conv) in [
+        ("ours", None),
+        ("reference", Some("reference")),
+        ("tract", Some("tract")),
+    ] {
         let out = dir.path().join(name);
         let mut c = util::command();
         c.args(["segment", input.to_str().unwrap()]).args([
@@ -644,8 +653,8 @@ fn the_int8_kernels_give_tracts_masks_and_labels() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        if tract_only {
-            c.env("UNET_EDGE_CONV", "tract");
+        if let Some(conv) = conv {
+            c.env("UNET_EDGE_CONV", conv);
             // tract 0.23.9's AMX int8 matmul crashes (README, "Known issue").
             if cfg!(target_arch = "x86_64") {
                 c.env("TRACT_CPU_ISA", "-amx-int8");
@@ -655,70 +664,19 @@ fn the_int8_kernels_give_tracts_masks_and_labels() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         outs.push(out);
     }
-    for file in ["synthetic-512.mask.png", "synthetic-512.labels.png"] {
-        let a = std::fs::read(outs[0].join(file)).unwrap();
-        let b = std::fs::read(outs[1].join(file)).unwrap();
+    let same = |a: &Path, b: &Path, file: &str| {
+        std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap()
+    };
+    for file in ["x.prob.png", "x.mask.png", "x.labels.png"] {
         assert!(
-            a == b,
-            "{file} differs between the project's kernels and tract's"
+            same(&outs[0], &outs[1], file),
+            "{file}: ConvI8 differs from the reference"
         );
     }
-    let prob = |o: &std::path::Path| {
-        unet_edge::io::imageio::load_gray(&o.join("synthetic-512.prob.png"))
-            .unwrap()
-            .data
-    };
-    let (a, b) = (prob(&outs[0]), prob(&outs[1]));
-    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    assert!(differ <= a.len() / 10_000, "{differ} probabilities differ");
-}
-
-#[test]
-fn a_config_file_sets_the_live_loop_and_the_command_line_overrides_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        "input = \"synth:96x80\"\nmax-frames = 3\nfps = 5\nthreshold = 0.4\nquiet = true\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
-    let printed = util::run_ok(&["--config", c, "--fps", "0", "--print-config"]);
-    assert!(printed.contains("fps = 0  # command line"), "{printed}");
-    assert!(
-        printed.contains(&format!("threshold = 0.4  # {c}")),
-        "{printed}"
-    );
-    assert!(printed.contains("input = \"synth:96x80\""), "{printed}");
-    assert!(printed.contains("scale = 1  # default"), "{printed}");
-    // The loop runs with the file's settings: three frames, one JSON line each.
-    let out = util::run_ok(&["--config", c, "--fps", "0"]);
-    assert_eq!(out.lines().count(), 3, "{out}");
-}
-
-#[test]
-fn check_config_names_every_bad_key_and_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "camra = \"/dev/video0\"\nfps = \"fast\"\n").unwrap();
-    let o = util::run(&["check-config", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("unknown key \"camra\"") && err.contains("camera"),
-        "{err}"
-    );
-    // The live loop refuses the same file before anything opens.
-    let o = util::run(&["--config", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let fixed = dir.path().join("fixed.toml");
-    std::fs::write(&fixed, "camera = \"/dev/video0\"\nfps = \"fast\"\n").unwrap();
-    let o = util::run(&["check-config", fixed.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("key fps:") && err.contains("fast"), "{err}");
-    let good = dir.path().join("good.toml");
-    std::fs::write(&good, "camera = \"/dev/video0\"\nfps = 10\n").unwrap();
-    let o = util::run_ok(&["check-config", good.to_str().unwrap()]);
-    assert!(o.contains("ok (2 settings)"), "{o}");
+    for file in ["x.mask.png", "x.labels.png"] {
+        assert!(
+            same(&outs[0], &outs[2], file),
+            "{file}: ConvI8 differs from tract's"
+        );
+    }
 }

@@ -141,6 +141,36 @@ def time_ov(compiled, tiles, warmup=3):
     return statistics.median(lat)
 
 
+def ov_profile(path, runs, top=12):
+    """OpenVINO's own per-node profile (PERF_COUNT) of `runs` runs: ms per run by layer type, then
+    the slowest nodes, with the kernel each ran on (exec_type)."""
+    core = ov.Core()
+    cfg = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+           "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False, "PERF_COUNT": True}
+    compiled = core.compile_model(path, "CPU", cfg)
+    req = compiled.create_infer_request()
+    x = np.random.default_rng(1).random((1, 1, TILE, TILE), dtype=np.float32)
+    req.infer([x])
+    by_node = {}
+    for _ in range(runs):
+        req.infer([x])
+        for info in req.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            key = (info.node_name, info.node_type, info.exec_type)
+            by_node[key] = by_node.get(key, 0.0) + info.real_time.total_seconds() * 1e3
+    by_type = {}
+    for (_, t, _), ms in by_node.items():
+        by_type[t] = by_type.get(t, 0.0) + ms
+    total = sum(by_type.values()) / runs
+    print(f"OpenVINO profile of {os.path.basename(path)}: {total:.2f} ms per run in layers")
+    for t, ms in sorted(by_type.items(), key=lambda kv: -kv[1]):
+        print(f"  {ms / runs:8.3f} {100 * ms / runs / total:5.1f}%  {t}")
+    print("  slowest nodes:")
+    for (node, t, e), ms in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms / runs:8.3f}  {node} [{t}, {e}]")
+
+
 def time_unet_edge(binary, model, tiles):
     out = subprocess.run([binary, "bench", "--model", model, "--tiles", str(tiles), "--json"],
                          check=True, capture_output=True, text=True).stdout
@@ -158,6 +188,7 @@ def main():
     ap.add_argument("--macs", type=float, default=871.0, help="M MAC per tile (unet-edge info)")
     ap.add_argument("--f32-peak", type=float, default=276.0, help="GFLOP/s of one core (fma_peak)")
     ap.add_argument("--int8-peak", type=float, default=490.0, help="G int8 MAC/s of one core")
+    ap.add_argument("--top", type=int, default=12, help="slowest nodes listed by --profile")
     ap.add_argument("--profile", action="store_true",
                     help="also print onnxruntime's per-operator profile of the f32 model")
     a = ap.parse_args()
@@ -199,7 +230,10 @@ def main():
           f"onnxruntime {med['ort int8'] / med['ort f32']:.2f}x, "
           f"OpenVINO {med['openvino int8'] / med['openvino f32']:.2f}x")
     if a.profile:
-        ort_profile(a.model, a.tiles)
+        ort_profile(a.model, a.tiles, top=a.top)
+        ov_profile(a.model, a.tiles, top=a.top)
+        subprocess.run([a.binary, "bench", "--model", a.model, "--tiles", str(a.tiles),
+                        "--threads", "1", "--profile", "--top", str(a.top)], check=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// where the time goes: by operator type, then the slowest nodes.
     #[arg(long)]
     profile: bool,
+    /// With --profile: how many of the slowest nodes to list.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    top: usize,
     /// Let tract allocate from the system on every run instead of from each runner's arena
     /// (for measuring what the arena saves).
     #[arg(long)]
@@ -151,13 +154,13 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         }
     }
     if a.profile {
-        print_profile(&plan, runs_per_thread.max(5))?;
+        print_profile(&plan, runs_per_thread.max(5), a.top)?;
     }
     Ok(0)
 }
 
 /// Per-operator profile of one runner: totals by (operator, output type), then the slowest nodes.
-fn print_profile(plan: &unet_edge::engine::model::TilePlan, runs: usize) -> Result<()> {
+fn print_profile(plan: &unet_edge::engine::model::TilePlan, runs: usize, top: usize) -> Result<()> {
     let mut r = plan.runner()?;
     let mut rng = Rng::new(7);
     for v in r.input_mut() {
@@ -193,7 +196,7 @@ fn print_profile(plan: &unet_edge::engine::model::TilePlan, runs: usize) -> Resu
     let mut slow = nodes.clone();
     slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     println!("  slowest nodes:");
-    for n in slow.iter().take(12) {
+    for n in slow.iter().take(top) {
         let info = if n.info.is_empty() || n.info.len() > 60 {
             String::new()
         } else {

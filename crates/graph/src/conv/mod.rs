@@ -41,8 +41,10 @@ pub enum KernelPath {
 impl KernelPath {
     /// The int8 path this CPU runs, or `None` where tract's lowering runs instead.
     pub fn detect_int8() -> Option<KernelPath> {
-        if tract_only() {
-            return None;
+        match forced() {
+            Forced::Tract => return None,
+            Forced::Reference => return Some(KernelPath::Reference),
+            Forced::Auto => {}
         }
         #[cfg(target_arch = "x86_64")]
         if x86_int8::avx512_vnni_available() {
@@ -53,8 +55,10 @@ impl KernelPath {
 
     /// The f32 path this CPU runs, or `None` where tract's lowering runs instead.
     pub fn detect_float() -> Option<KernelPath> {
-        if tract_only() {
-            return None;
+        match forced() {
+            Forced::Tract => return None,
+            Forced::Reference => return Some(KernelPath::Reference),
+            Forced::Auto => {}
         }
         #[cfg(target_arch = "x86_64")]
         if x86_float::avx512f_available() {
@@ -80,12 +84,25 @@ impl fmt::Display for KernelPath {
 }
 
 /// The environment variable that, set to `tract`, leaves every convolution to tract's own
-/// lowering (for A/B measurements and as an escape hatch on a CPU where a kernel misbehaves).
+/// lowering (for A/B measurements and as an escape hatch on a CPU where a kernel misbehaves), and
+/// set to `reference`, runs every convolution on the scalar reference (slow: a third opinion when
+/// two paths disagree).
 pub const ENV_CONV: &str = "UNET_EDGE_CONV";
 
-/// Whether [`ENV_CONV`] asks for tract's lowering (read when each plan is built).
-fn tract_only() -> bool {
-    std::env::var(ENV_CONV).is_ok_and(|v| v.eq_ignore_ascii_case("tract"))
+/// What [`ENV_CONV`] asks for.
+enum Forced {
+    Auto,
+    Tract,
+    Reference,
+}
+
+/// [`ENV_CONV`], read when each plan is built.
+fn forced() -> Forced {
+    match std::env::var(ENV_CONV) {
+        Ok(v) if v.eq_ignore_ascii_case("tract") => Forced::Tract,
+        Ok(v) if v.eq_ignore_ascii_case("reference") => Forced::Reference,
+        _ => Forced::Auto,
+    }
 }
 
 /// What the plan runs for each convolution type on this CPU, e.g. `int8 avx512-vnni, f32

@@ -118,6 +118,9 @@ pub fn load_gray_limited(path: &Path, max_pixels: usize) -> Result<GrayImage> {
             .with_guessed_format()
             .with_context(|| format!("{}: cannot read", path.display()))
     };
+    if open()?.format() == Some(image::ImageFormat::Tiff) {
+        refuse_multi_page_tiff(path)?;
+    }
     let (w, h) = open()?
         .into_dimensions()
         .with_context(|| format!("{}: not a readable PNG, TIFF or JPEG image", path.display()))?;
@@ -165,6 +168,35 @@ pub fn load_gray_limited(path: &Path, max_pixels: usize) -> Result<GrayImage> {
         height,
         data,
     })
+}
+
+/// A TIFF with more than one page (a stack or a time series) is refused by name: decoding only
+/// its first page, as the image crate does, would silently drop the rest.
+fn refuse_multi_page_tiff(path: &Path) -> Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let Ok(mut decoder) = tiff::decoder::Decoder::new(std::io::BufReader::new(file)) else {
+        // Not readable as TIFF: the image decoder reports it with its own reason.
+        return Ok(());
+    };
+    let mut pages = 1;
+    // Counting stops early: a stack of thousands is refused just the same.
+    while pages < 1000 && decoder.more_images() {
+        if decoder.next_image().is_err() {
+            break;
+        }
+        pages += 1;
+    }
+    if pages > 1 {
+        bail!(
+            "{}: a multi-page TIFF ({}{pages} pages); segment reads single images — export the \
+             pages as separate files (e.g. `tiffsplit` from libtiff-tools, or Fiji's Image > \
+             Stacks > Stack to Images)",
+            path.display(),
+            if pages == 1000 { "at least " } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn mean3(c: [f32; 3]) -> f32 {
@@ -432,6 +464,26 @@ mod tests {
         let removed = remove_stale_temps(dir.path()).unwrap();
         assert_eq!(removed, vec![dead.clone()]);
         assert!(!dead.exists() && live.exists() && own.exists() && plain.exists());
+    }
+
+    #[test]
+    fn a_multi_page_tiff_is_refused_by_name_and_a_single_page_one_read() {
+        // Regression: only the first page of a stack was segmented, silently.
+        use tiff::encoder::{colortype::Gray8, TiffEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let (one, three) = (dir.path().join("one.tif"), dir.path().join("stack.tif"));
+        for (path, pages) in [(&one, 1), (&three, 3)] {
+            let mut enc = TiffEncoder::new(std::fs::File::create(path).unwrap()).unwrap();
+            for p in 0..pages {
+                enc.write_image::<Gray8>(4, 3, &[p as u8 * 10; 12]).unwrap();
+            }
+        }
+        assert_eq!(load_gray(&one).unwrap().data, vec![0.0; 12]);
+        let err = format!("{:#}", load_gray(&three).unwrap_err());
+        assert!(
+            err.contains("stack.tif") && err.contains("multi-page TIFF (3 pages)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -630,8 +630,7 @@ fn the_int8_kernels_give_the_references_results_byte_for_byte() {
     // labels byte-identical. Against tract's own lowering (`UNET_EDGE_CONV=tract`) masks and
     // labels must agree (the aarch64 CI step compares those); its probabilities differ from both
     // at a few pixels (32 of 262,144 on samples/synthetic-512.png with the session-7 model, in one
-    // 11x11 patch): the difference is tract's. Where the CPU has no kernel of the project's, the
-    // first and last runs are both tract's.
+    // 11x11 patch, the same on x86 and aarch64): the difference is in tract's path.
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/unet-nuclei.int8.onnx");
@@ -667,11 +666,15 @@ fn the_int8_kernels_give_the_references_results_byte_for_byte() {
     let same = |a: &Path, b: &Path, file: &str| {
         std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap()
     };
-    for file in ["x.prob.png", "x.mask.png", "x.labels.png"] {
-        assert!(
-            same(&outs[0], &outs[1], file),
-            "{file}: ConvI8 differs from the reference"
-        );
+    // Without a kernel of the project's (no AVX-512 VNNI) the default plan is tract's, which is
+    // not held to the reference's probabilities (above).
+    if unet_graph::conv::KernelPath::detect_int8().is_some() {
+        for file in ["x.prob.png", "x.mask.png", "x.labels.png"] {
+            assert!(
+                same(&outs[0], &outs[1], file),
+                "{file}: ConvI8 differs from the reference"
+            );
+        }
     }
     for file in ["x.mask.png", "x.labels.png"] {
         assert!(

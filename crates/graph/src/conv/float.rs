@@ -93,16 +93,16 @@ impl ConvF32 {
     }
 
     fn weights(&self) -> &[f32] {
-        slice(&self.weights)
+        super::f32s(&self.weights)
     }
 
     pub(super) fn bias(&self) -> &[f32] {
-        slice(&self.bias)
+        super::f32s(&self.bias)
     }
 
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn packed(&self) -> &[f32] {
-        slice(&self.packed)
+        super::f32s(&self.packed)
     }
 
     /// Convolves one image: `x` is `cin x H x W`, `y` is `cout x Ho x Wo`.
@@ -136,12 +136,6 @@ impl ConvF32 {
             }
         }
     }
-}
-
-fn slice(t: &Tensor) -> &[f32] {
-    t.try_as_plain_ram()
-        .and_then(|p| p.as_slice::<f32>())
-        .expect("ConvF32 constants are plain f32 vectors")
 }
 
 impl Op for ConvF32 {

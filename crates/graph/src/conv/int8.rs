@@ -57,6 +57,8 @@ pub struct ConvI8 {
     pub weights: Arc<Vec<i8>>,
     /// Bias and requantization.
     pub epilogue: Epilogue,
+    /// Bias, one per output channel (the reference adds it; the packed paths use `epilogue.comp`).
+    bias: Vec<i32>,
     /// Weights packed for `path`.
     pub(super) packed: Arc<Vec<i8>>,
     /// Output channels per micro-kernel call ([`super::oc_tile_for`]).
@@ -109,6 +111,7 @@ impl ConvI8 {
             geo,
             x0,
             weights: Arc::new(weights),
+            bias: bias.to_vec(),
             epilogue: Epilogue {
                 comp,
                 scales: tensor1(&scales).into_arc_tensor(),
@@ -123,12 +126,11 @@ impl ConvI8 {
 
     /// The same convolution run by another path (tests compare paths).
     pub fn with_path(&self, path: KernelPath) -> TractResult<ConvI8> {
-        let bias = self.bias();
         ConvI8::new(
             self.geo,
             self.x0,
             self.weights.to_vec(),
-            &bias,
+            &self.bias,
             self.scales().to_vec(),
             self.epilogue.zero_point,
             path,
@@ -137,24 +139,7 @@ impl ConvI8 {
     }
 
     pub(super) fn scales(&self) -> &[f32] {
-        self.epilogue
-            .scales
-            .try_as_plain_ram()
-            .and_then(|p| p.as_slice::<f32>())
-            .expect("ConvI8 scales are a plain f32 vector")
-    }
-
-    /// The bias, recovered from the compensation.
-    fn bias(&self) -> Vec<i32> {
-        let per_oc = self.geo.cin * self.geo.taps();
-        self.weights
-            .chunks(per_oc)
-            .zip(&self.epilogue.comp)
-            .map(|(k, &c)| {
-                let sum: i64 = k.iter().map(|&v| v as i64).sum();
-                (c as i64 + (128 + self.x0 as i64) * sum) as i32
-            })
-            .collect()
+        super::f32s(&self.epilogue.scales)
     }
 
     /// Convolves one image: `x` is `cin x H x W`, `y` is `cout x Ho x Wo`.
@@ -174,7 +159,7 @@ impl ConvI8 {
     fn run_reference(&self, x: &[i8], y: &mut [i8]) {
         let g = &self.geo;
         let (ho, wo) = g.out_hw().expect("checked in new");
-        let (scales, bias, x0) = (self.scales(), self.bias(), self.x0 as i32);
+        let (scales, bias, x0) = (self.scales(), &self.bias, self.x0 as i32);
         for oc in 0..g.cout {
             for oy in 0..ho {
                 for ox in 0..wo {

@@ -303,6 +303,13 @@ fn conv_geometry(model: &TypedModel, node: &TypedNode, op: &Conv) -> TractResult
     Ok(geo.out_hw().map(|_| geo))
 }
 
+/// The values of a plain f32 vector an op keeps as a tensor (f32 has no `Hash`, tensors do).
+fn f32s(t: &Tensor) -> &[f32] {
+    t.try_as_plain_ram()
+        .and_then(|p| p.as_slice::<f32>())
+        .expect("conv op constants are plain f32 vectors")
+}
+
 /// `node` (a `Conv`) replaced by `op`, which takes only its data input.
 fn swap_in<O: TypedOp>(
     model: &TypedModel,

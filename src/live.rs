@@ -32,6 +32,9 @@ pub struct LiveConfig {
     pub instances: InstanceConfig,
     /// Where the latest overlay is served over HTTP.
     pub preview: Option<crate::io::preview::Preview>,
+    /// Process every frame, even of a live source (a recording piped on stdin): capture waits
+    /// for the loop instead of replacing an untaken frame.
+    pub every_frame: bool,
 }
 
 impl Default for LiveConfig {
@@ -43,6 +46,7 @@ impl Default for LiveConfig {
             summary_every: Some(Duration::from_secs(5)),
             instances: InstanceConfig::default(),
             preview: None,
+            every_frame: false,
         }
     }
 }
@@ -83,10 +87,11 @@ fn capture<S: FrameSource>(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     timeout: Duration,
+    every_frame: bool,
 ) {
     let mut back = FrameBuf::default();
     let mut backoff = Duration::from_millis(100);
-    let live = source.is_live();
+    let live = source.is_live() && !every_frame;
     while !stop.load(Ordering::Relaxed) {
         let result = source.next_into(&mut back, timeout);
         let finish = |fatal: Option<String>| {
@@ -196,7 +201,7 @@ where
         Condvar::new(),
     ));
     let shared = Arc::new(Shared::default());
-    start_capture(source, &slot, &shared, stop, cfg.capture_timeout)?;
+    start_capture(source, &slot, &shared, stop, cfg)?;
     let mut stats = LiveStats::default();
     let mut front = FrameBuf::default();
     let mut inst = Instances::new();
@@ -274,12 +279,13 @@ fn start_capture(
     slot: &SlotPair,
     shared: &Arc<Shared>,
     stop: &Arc<AtomicBool>,
-    timeout: std::time::Duration,
+    cfg: &LiveConfig,
 ) -> Result<()> {
     let (slot, shared, stop) = (slot.clone(), shared.clone(), stop.clone());
+    let (timeout, every_frame) = (cfg.capture_timeout, cfg.every_frame);
     std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || capture(source, slot, shared, stop, timeout))?;
+        .spawn(move || capture(source, slot, shared, stop, timeout, every_frame))?;
     Ok(())
 }
 

@@ -486,6 +486,47 @@ fn segment_refuses_a_second_input_with_the_same_output_name() {
 }
 
 #[test]
+fn subfolders_are_reported_or_walked_with_recursive() {
+    // Regression: the images in subfolders of an input folder were skipped silently.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    for sub in ["", "a", "a/deep"] {
+        std::fs::create_dir_all(input.join(sub)).unwrap();
+        save_gray16(&input.join(sub).join("x.png"), 32, 32, vec![100; 32 * 32]).unwrap();
+    }
+    let out = dir.path().join("out");
+    let o = util::run(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("skipped subfolder") && err.contains("--recursive"),
+        "{err}"
+    );
+    assert!(out.join("x.mask.png").is_file() && !out.join("a").exists());
+
+    let out = dir.path().join("out-r");
+    let o = util::run(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--recursive",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // Same stem in three folders: each keeps its own results, under its relative path.
+    for sub in ["", "a", "a/deep"] {
+        assert!(out.join(sub).join("x.labels.png").is_file(), "{sub}: {err}");
+    }
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+}
+
+#[test]
 fn a_negative_frame_rate_is_refused() {
     let o = util::run(&["--input", "synth:64x64", "--fps=-1"]);
     let err = String::from_utf8_lossy(&o.stderr);

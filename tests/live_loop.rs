@@ -67,6 +67,43 @@ fn unplug_corrupt_frames_and_fatal_errors() {
 }
 
 #[test]
+fn every_frame_processes_each_frame_of_a_live_source() {
+    // A fake camera is a live source: without --every-frame frames that arrive during inference
+    // replace each other; with it capture waits, so all 30 are processed and none dropped.
+    let mut seg = segmenter();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = LiveConfig {
+        summary_every: None,
+        every_frame: true,
+        ..Default::default()
+    };
+    let mut log = Vec::new();
+    let stats = live::run(
+        &mut seg,
+        camera(30, vec![]),
+        live::Sinks {
+            pins: &mut no_pins(),
+            log: &mut log,
+        },
+        &cfg,
+        &stop,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!((stats.processed, stats.dropped), (30, 0), "{stats:?}");
+    let frames: Vec<u64> = String::from_utf8(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["frame"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(frames, (0..30).collect::<Vec<u64>>());
+}
+
+#[test]
 fn stop_flag_ends_the_loop_after_the_current_frame() {
     let mut seg = segmenter();
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,6 +207,45 @@ fn binary_plays_a_frame_directory_and_raw_stdin() {
     let n = String::from_utf8(o.stdout).unwrap().lines().count();
     assert!((1..=3).contains(&n), "{n}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("processed"));
+
+    // Regression (issue 19): a recording piped faster than it is segmented lost frames to
+    // latest-frame-wins; --every-frame keeps all of them, in order.
+    let mut child = util::command()
+        .args([
+            "--input",
+            "-",
+            "--width",
+            "96",
+            "--height",
+            "80",
+            "--pixfmt",
+            "gray8",
+            "--model",
+            &model,
+            "--tile",
+            "32",
+            "--every-frame",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let raw: Vec<u8> = (0..25 * 96 * 80).map(|i| (i % 253) as u8).collect();
+    child.stdin.take().unwrap().write_all(&raw).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let frames: Vec<u64> = records
+        .iter()
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames, (0..25).collect::<Vec<u64>>());
+    assert!(records.iter().all(|r| r["dropped"] == 0), "{records:?}");
 }
 
 #[test]

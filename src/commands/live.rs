@@ -74,6 +74,11 @@ pub struct LiveArgs {
     /// Stop after N processed frames.
     #[arg(long, value_name = "N")]
     pub max_frames: Option<u64>,
+    /// Process every frame instead of the latest one: for a recording piped on stdin
+    /// (`ffmpeg -i run.avi -f rawvideo - | unet-edge --input - --every-frame ...`), which then
+    /// waits for the loop instead of losing the frames that arrive during inference.
+    #[arg(long)]
+    pub every_frame: bool,
     /// Foreground threshold on the probability; defaults to the model's.
     #[arg(long, value_name = "T")]
     pub threshold: Option<f32>,
@@ -235,6 +240,7 @@ pub fn run(a: LiveArgs) -> Result<i32> {
     };
     let lcfg = LiveConfig {
         max_frames: a.max_frames,
+        every_frame: a.every_frame,
         save_every,
         preview,
         instances,

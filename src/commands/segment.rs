@@ -22,6 +22,10 @@ pub struct SegmentArgs {
     /// Foreground threshold on the probability; defaults to the model's.
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
+    /// Also segment the images in subfolders of an input folder; results keep the subfolder
+    /// (`IN/a/x.png` → `OUT/a/x.mask.png`). Without it subfolders are skipped with a warning.
+    #[arg(long, short = 'r')]
+    recursive: bool,
     #[command(flatten)]
     nuclei: NucleiArgs,
     #[command(flatten)]
@@ -61,21 +65,51 @@ impl NucleiArgs {
     }
 }
 
-/// Expands directories (sorted, non-recursive) into image files; plain files pass as given.
-fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf>> {
+/// One image to segment and the folder under `--out` its results go to.
+struct Job {
+    path: PathBuf,
+    sub: PathBuf,
+}
+
+/// Expands directories (sorted; subfolders with `recursive`, else reported) into image files;
+/// plain files pass as given.
+fn expand(inputs: &[PathBuf], recursive: bool) -> Vec<Result<Job>> {
     let mut out = Vec::new();
     for p in inputs {
-        if p.is_dir() {
-            match imageio::list_images(p) {
-                Ok(files) if files.is_empty() => out.push(Err(anyhow::anyhow!(
-                    "{}: directory holds no .png, .tif, .tiff, .jpg or .jpeg files",
-                    p.display()
-                ))),
-                Ok(files) => out.extend(files.into_iter().map(Ok)),
-                Err(e) => out.push(Err(e)),
+        if !p.is_dir() {
+            out.push(Ok(Job {
+                path: p.clone(),
+                sub: PathBuf::new(),
+            }));
+            continue;
+        }
+        match imageio::walk_images(p, recursive) {
+            Ok((files, skipped)) => {
+                for s in &skipped {
+                    log::warn!(
+                        "skipped subfolder {} (give --recursive to segment it too)",
+                        p.join(s).display()
+                    );
+                }
+                if files.is_empty() {
+                    out.push(Err(anyhow::anyhow!(
+                        "{}: directory holds no .png, .tif, .tiff, .jpg or .jpeg files{}",
+                        p.display(),
+                        if skipped.is_empty() {
+                            ""
+                        } else {
+                            " (its subfolders need --recursive)"
+                        }
+                    )));
+                }
+                out.extend(files.into_iter().map(|rel| {
+                    Ok(Job {
+                        path: p.join(&rel),
+                        sub: rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    })
+                }));
             }
-        } else {
-            out.push(Ok(p.clone()));
+            Err(e) => out.push(Err(e)),
         }
     }
     out
@@ -108,21 +142,27 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
     }
     let mut failures = 0;
     let mut written: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
-    for item in expand(&a.inputs) {
-        let result = item.and_then(|path| {
+    for item in expand(&a.inputs, a.recursive) {
+        let result = item.and_then(|Job { path, sub }| {
             // Outputs are named by the input's stem: a second input with the same stem would
             // silently overwrite the first one's results.
-            if let Some(first) = written.get(&stem(&path)) {
+            let name = sub.join(stem(&path)).display().to_string();
+            if let Some(first) = written.get(&name) {
                 bail!(
                     "{}: its outputs would overwrite those of {} (same name {:?}); rename one, \
                      or segment them into separate --out folders",
                     path.display(),
                     first.display(),
-                    stem(&path)
+                    name
                 );
             }
-            written.insert(stem(&path), path.clone());
-            segment_one(&mut seg, &mut inst, &icfg, &path, &a.out, a.run.max_pixels)
+            written.insert(name, path.clone());
+            let out = a.out.join(&sub);
+            if !sub.as_os_str().is_empty() {
+                std::fs::create_dir_all(&out)
+                    .with_context(|| format!("creating output directory {}", out.display()))?;
+            }
+            segment_one(&mut seg, &mut inst, &icfg, &path, &out, a.run.max_pixels)
         });
         if let Err(e) = result {
             eprintln!("error: {e:#}");

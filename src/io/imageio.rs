@@ -41,6 +41,37 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The image files under `dir`, sorted, as paths relative to `dir`, and the subfolders that were
+/// not entered: with `recursive` every subfolder is walked (symbolic links to folders are not
+/// followed, so a link loop cannot recurse), otherwise each subfolder is returned as skipped.
+pub fn walk_images(dir: &Path, recursive: bool) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut files, mut skipped) = (vec![], vec![]);
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let here = dir.join(&rel);
+        let entries = std::fs::read_dir(&here)
+            .with_context(|| format!("{}: cannot list directory", here.display()))?;
+        for entry in entries.flatten() {
+            let path = rel.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if recursive {
+                    pending.push(path);
+                } else {
+                    skipped.push(path);
+                }
+            } else if dir.join(&path).is_file() && is_image_path(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    skipped.sort();
+    Ok((files, skipped))
+}
+
 /// A label image's pixel values as instance ids (0 = background).
 pub fn labels_of(img: &GrayImage) -> Vec<u32> {
     img.data.iter().map(|v| *v as u32).collect()

@@ -32,13 +32,8 @@ pub fn is_image_path(path: &Path) -> bool {
 
 /// The image files in `dir` (not recursive), sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image_path(p))
-        .collect();
-    v.sort();
-    Ok(v)
+    let (files, _) = walk_images(dir, false)?;
+    Ok(files.into_iter().map(|rel| dir.join(rel)).collect())
 }
 
 /// The image files under `dir`, sorted, as paths relative to `dir`, and the subfolders that were
@@ -62,7 +57,7 @@ pub fn walk_images(dir: &Path, recursive: bool) -> Result<(Vec<PathBuf>, Vec<Pat
                 } else {
                     skipped.push(path);
                 }
-            } else if dir.join(&path).is_file() && is_image_path(&path) {
+            } else if entry.path().is_file() && is_image_path(&path) {
                 files.push(path);
             }
         }

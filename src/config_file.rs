@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 /// Long options that are not settings (actions, or about the file itself).
 const NOT_SETTINGS: &[&str] = &["config", "print-config", "list-cameras", "help", "version"];
 
+/// Settings whose values are secrets: refused on the command line, masked by `--print-config`.
+pub const SECRET_KEYS: &[&str] = &["mqtt-password"];
+
 /// The keys a config file accepts: the top-level command's long options that are settings.
 pub fn accepted_keys<C: CommandFactory>() -> Vec<String> {
     C::command()
@@ -208,8 +211,14 @@ pub fn print_effective(
             let on = matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
             on.to_string()
         };
+        let value = if SECRET_KEYS.contains(&long) {
+            "\"(hidden)\"".to_string()
+        } else {
+            value
+        };
         let source = match matches.value_source(id) {
             Some(clap::parser::ValueSource::DefaultValue) | None => "default".to_string(),
+            Some(clap::parser::ValueSource::EnvVariable) => "environment".to_string(),
             _ if from_cli.iter().any(|k| k == long) => "command line".to_string(),
             _ if from_file.iter().any(|k| k == long) => {
                 file.map_or("config".into(), |f| f.display().to_string())

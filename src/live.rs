@@ -6,6 +6,8 @@
 use crate::engine::segmenter::FrameTiming;
 use crate::engine::segmenter::{Segmenter, TileBackend};
 use crate::io::gpio::Pins;
+use crate::io::metrics::LiveMetrics;
+use crate::io::mqtt::{RecordQueue, Topic};
 use crate::io::record::{FrameRecord, Origin};
 use crate::io::source::{FrameBuf, FrameSource, Next, SourceError};
 use crate::post::instances::{InstanceConfig, Instances, Summary};
@@ -13,7 +15,7 @@ use anyhow::Result;
 use embedded_hal::digital::{InputPin, OutputPin};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +37,10 @@ pub struct LiveConfig {
     /// Process every frame, even of a live source (a recording piped on stdin): capture waits
     /// for the loop instead of replacing an untaken frame.
     pub every_frame: bool,
+    /// Counters and latency histograms, read by `/metrics`, `/healthz` and the MQTT publisher.
+    pub metrics: Arc<LiveMetrics>,
+    /// The MQTT publisher's queue: each record is copied into it (saved frames' nuclei too).
+    pub mqtt: Option<Arc<RecordQueue>>,
 }
 
 impl Default for LiveConfig {
@@ -47,6 +53,8 @@ impl Default for LiveConfig {
             instances: InstanceConfig::default(),
             preview: None,
             every_frame: false,
+            metrics: Default::default(),
+            mqtt: None,
         }
     }
 }
@@ -73,18 +81,10 @@ struct Slot {
     fatal: Option<String>,
 }
 
-/// Counters the capture thread updates.
-#[derive(Default)]
-struct Shared {
-    dropped: AtomicU64,
-    corrupt: AtomicU64,
-    reconnects: AtomicU64,
-}
-
 fn capture<S: FrameSource>(
     mut source: S,
     slot: Arc<(Mutex<Slot>, Condvar)>,
-    shared: Arc<Shared>,
+    shared: Arc<LiveMetrics>,
     stop: Arc<AtomicBool>,
     timeout: Duration,
     every_frame: bool,
@@ -200,7 +200,7 @@ where
         }),
         Condvar::new(),
     ));
-    let shared = Arc::new(Shared::default());
+    let shared = cfg.metrics.clone();
     start_capture(source, &slot, &shared, stop, cfg)?;
     let mut stats = LiveStats::default();
     let mut front = FrameBuf::default();
@@ -235,7 +235,24 @@ where
                 p.publish(seg.normalized(), seg.mask(), front.width, front.height);
             }
             stats.processed += 1;
-            record(seg, &front, timing, summary, &shared, &mut line);
+            shared.frame(
+                timing.tiles,
+                timing.ms_per_tile,
+                timing.frame_ms,
+                summary.count,
+            );
+            record(
+                seg,
+                &front,
+                timing,
+                summary,
+                &shared,
+                cfg.mqtt.is_some(),
+                &mut line,
+            );
+            if let Some(q) = &cfg.mqtt {
+                q.push(Topic::Frames, line.trim_end());
+            }
             if let Err(e) = sinks
                 .log
                 .write_all(line.as_bytes())
@@ -246,11 +263,25 @@ where
                     log::error!("frame records are not being saved: {e} (live processing goes on)");
                 }
                 stats.write_errors += 1;
+                shared.write_errors.fetch_add(1, Ordering::Relaxed);
             }
             if let Some((every, dir)) = &cfg.save_every {
                 if stats.processed % every == 0 {
+                    if let Some(q) = &cfg.mqtt {
+                        // Saved frames only: a table per frame is too much for every frame, and
+                        // saving allocates anyway.
+                        let mut table = String::new();
+                        crate::io::record::nuclei_json(
+                            &mut table,
+                            unix_now(),
+                            front.index,
+                            inst.nuclei(),
+                        );
+                        q.push(Topic::Nuclei, &table);
+                    }
                     if let Err(e) = save_frame(seg, &front, dir) {
                         stats.write_errors += 1;
+                        shared.write_errors.fetch_add(1, Ordering::Relaxed);
                         log::warn!("{e:#} (live processing goes on)");
                     }
                 }
@@ -277,7 +308,7 @@ where
 fn start_capture(
     source: impl FrameSource + 'static,
     slot: &SlotPair,
-    shared: &Arc<Shared>,
+    shared: &Arc<LiveMetrics>,
     stop: &Arc<AtomicBool>,
     cfg: &LiveConfig,
 ) -> Result<()> {
@@ -331,17 +362,15 @@ fn record<B: TileBackend>(
     front: &FrameBuf,
     timing: FrameTiming,
     summary: Summary,
-    shared: &Shared,
+    shared: &LiveMetrics,
+    mqtt: bool,
     line: &mut String,
 ) {
     let latency_ms = front
         .captured
         .map(|t| t.elapsed().as_secs_f32() * 1e3)
         .unwrap_or(0.0);
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let timestamp = unix_now();
     line.clear();
     FrameRecord {
         origin: Origin::Live {
@@ -350,6 +379,7 @@ fn record<B: TileBackend>(
             latency_ms,
             dropped: shared.dropped.load(Ordering::Relaxed),
             corrupt: shared.corrupt.load(Ordering::Relaxed),
+            mqtt_dropped: mqtt.then(|| shared.mqtt_dropped.load(Ordering::Relaxed)),
         },
         width: front.width,
         height: front.height,
@@ -358,6 +388,14 @@ fn record<B: TileBackend>(
         foreground_fraction: seg.foreground_fraction(),
     }
     .write_json(line);
+}
+
+/// Seconds since the Unix epoch (0 when the clock is before it).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Frames and tile time since the last summary line.
@@ -381,7 +419,7 @@ impl Throughput {
         &mut self,
         ms_per_tile: f32,
         every: Option<Duration>,
-        shared: &Shared,
+        shared: &LiveMetrics,
         processed: u64,
     ) {
         self.frames += 1;

@@ -129,6 +129,15 @@ fn parse_cli() -> (Cli, clap::ArgMatches, Provenance) {
         path = Some(file);
     }
     let cli_keys = config_file::set_by(Cli::command(), &args);
+    if let Some(k) = cli_keys
+        .iter()
+        .find(|k| config_file::SECRET_KEYS.contains(&k.as_str()))
+    {
+        fail(format!(
+            "--{k} on the command line is readable by every user of this machine (ps, shell \
+             history); put `{k} = \"...\"` in the --config file or set UNET_EDGE_MQTT_PASSWORD"
+        ));
+    }
     argv.extend(args.into_iter().skip(1));
     let matches = Cli::command()
         .args_override_self(true)

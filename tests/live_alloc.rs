@@ -1,12 +1,14 @@
 //! Zero heap allocations per frame in the live loop after warm-up, capture thread included,
 //! over 110 frames from a fake camera whose frames are cropped and rescaled (`--roi`,
-//! `--scale`) and published to the preview server. Alone in its test binary: it counts every
+//! `--scale`), published to the preview server and handed to the MQTT queue. Alone in its test binary: it counts every
 //! thread.
 
 mod util;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use unet_edge::io::metrics::LiveMetrics;
+use unet_edge::io::mqtt::RecordQueue;
 use unet_edge::io::preview::{parse_addr, Preview};
 use unet_edge::io::reframe::{Reframe, Reframed};
 use unet_edge::live::{self, LiveConfig};
@@ -21,10 +23,30 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
     let mut seg = segmenter();
     let mut log: Vec<u8> = Vec::with_capacity(1 << 20);
     let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(LiveMetrics::default());
+    // The MQTT hand-over without the network: a consumer that takes records and hands their
+    // strings back, as the publisher does before it copies them out (on its own thread).
+    let queue = Arc::new(RecordQueue::new(8, 1024, metrics.clone()));
+    let (q, taken) = (queue.clone(), Arc::new(AtomicU64::new(0)));
+    let t = taken.clone();
+    let consumer = std::thread::spawn(move || {
+        while !q.is_closed() || !q.is_empty() {
+            if let Some((_, rec)) = q.pop(std::time::Duration::from_millis(5)) {
+                t.fetch_add(1, Ordering::Relaxed);
+                // Slower than the loop now and then, so the queue fills and drops.
+                if t.load(Ordering::Relaxed) % 10 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                q.recycle(rec);
+            }
+        }
+    });
     let cfg = LiveConfig {
         max_frames: Some(130),
         summary_every: None,
-        preview: Some(Preview::start(parse_addr("0").unwrap()).unwrap()),
+        preview: Some(Preview::start(parse_addr("0").unwrap(), metrics.clone()).unwrap()),
+        metrics: metrics.clone(),
+        mqtt: Some(queue.clone()),
         ..Default::default()
     };
     let counted = std::cell::Cell::new(0usize);
@@ -51,7 +73,12 @@ fn loop_allocates_nothing_per_frame_after_warm_up() {
     )
     .unwrap();
     counting::stop();
+    queue.close();
+    consumer.join().unwrap();
     assert_eq!(stats.processed, 130);
+    let dropped = metrics.mqtt_dropped.load(Ordering::Relaxed);
+    assert!(dropped > 0, "the queue never filled");
+    assert_eq!(taken.load(Ordering::Relaxed) + dropped, 130);
     assert_eq!(
         counted.get(),
         0,

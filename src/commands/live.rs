@@ -8,13 +8,17 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 use unet_edge::engine::segmenter::Segmenter;
 use unet_edge::io::camera::CamFormat;
 #[cfg(target_os = "linux")]
 use unet_edge::io::camera::Request;
+use unet_edge::io::faults::{FaultRates, Faulty};
 #[cfg(not(target_os = "linux"))]
 use unet_edge::io::gpio::NoPin;
 use unet_edge::io::gpio::{PinSpec, Pins};
+use unet_edge::io::metrics::LiveMetrics;
+use unet_edge::io::mqtt::{MqttConfig, Publisher, StatusInfo};
 use unet_edge::io::preview::{self, Preview};
 use unet_edge::io::reframe::{Reframe, Reframed, Roi};
 use unet_edge::io::source::{FileSource, FrameSource, PixFmt, RawSource, SynthSource};
@@ -59,9 +63,42 @@ pub struct LiveArgs {
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub scale: f32,
     /// Serve the latest overlay over HTTP: PORT (on 127.0.0.1) or ADDR:PORT (e.g. 0.0.0.0:8080 to
-    /// reach it from the network). Pages: / (viewer), /stream (MJPEG), /snapshot.jpg.
+    /// reach it from the network). Pages: / (viewer), /stream (MJPEG), /snapshot.jpg, /metrics
+    /// (Prometheus text) and /healthz (503 after --health-timeout without a frame).
     #[arg(long, value_name = "ADDR:PORT")]
     pub preview: Option<String>,
+    /// `/healthz` on the preview answers 503 once no frame was processed for this many seconds
+    /// (a stalled camera, a hung pipe); a watchdog or a fleet monitor polls it.
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    pub health_timeout: f64,
+    /// Publish each frame's record to an MQTT broker: mqtt://HOST[:PORT] (1883) or
+    /// mqtts://HOST[:PORT] (8883, with --mqtt-ca). Topics unet-edge/<device-id>/frames, .../nuclei
+    /// (tables of --save-every frames) and the retained .../status (online/offline). The loop never
+    /// waits for the network: a missing or lost broker is retried with back-off while records queue.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// CA certificate (PEM) that signed the broker's certificate, for mqtts://.
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// MQTT user name.
+    #[arg(long, value_name = "USER", requires = "mqtt")]
+    pub mqtt_user: Option<String>,
+    /// MQTT password: in the --config file (`mqtt-password = "..."`) or the environment variable
+    /// UNET_EDGE_MQTT_PASSWORD; refused on the command line, where every user can read it.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "UNET_EDGE_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub mqtt_password: Option<String>,
+    /// The device's name in the MQTT topics (one topic level: no / + #); defaults to the host name.
+    #[arg(long, value_name = "NAME")]
+    pub device_id: Option<String>,
+    /// Records held while the broker is slow or away; when full the oldest is dropped (counted in
+    /// each record as mqtt_dropped and on /metrics).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub mqtt_queue: u32,
     /// Write the per-frame JSON lines to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -79,6 +116,11 @@ pub struct LiveArgs {
     /// waits for the loop instead of losing the frames that arrive during inference.
     #[arg(long)]
     pub every_frame: bool,
+    /// Damage the source on purpose, for soak tests of the recovery paths: probabilities per
+    /// frame, e.g. `corrupt=0.01,stall=0.001,disconnect=0.001,stall-secs=5` (a stall delivers
+    /// nothing for stall-secs; a disconnect fails three reads, as an unplugged camera does).
+    #[arg(long, value_name = "SPEC")]
+    pub inject_faults: Option<FaultRates>,
     /// Foreground threshold on the probability; defaults to the model's.
     #[arg(long, value_name = "T")]
     pub threshold: Option<f32>,
@@ -169,6 +211,10 @@ fn open_source(a: &LiveArgs) -> Result<Box<dyn FrameSource>> {
             Box::new(FileSource::open(std::path::Path::new(input), a.fps)?)
         }
     };
+    let src: Box<dyn FrameSource> = match a.inject_faults {
+        Some(rates) => Box::new(Faulty::new(src, rates, 0xFA17)),
+        None => src,
+    };
     let reframe = Reframe::new(a.roi, a.scale)?;
     Ok(if reframe.is_identity() {
         src
@@ -227,15 +273,26 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         }
         _ => None,
     };
+    if !(a.health_timeout.is_finite() && a.health_timeout > 0.0) {
+        bail!(
+            "--health-timeout {}: expected a positive number of seconds",
+            a.health_timeout
+        );
+    }
+    let metrics = Arc::new(LiveMetrics::new(Duration::from_secs_f64(a.health_timeout)));
     let preview = match &a.preview {
         Some(spec) => {
-            let p = Preview::start(preview::parse_addr(spec)?)?;
+            let p = Preview::start(preview::parse_addr(spec)?, metrics.clone())?;
             eprintln!(
-                "preview: http://{}/  (MJPEG /stream, still /snapshot.jpg)",
+                "preview: http://{}/  (MJPEG /stream, still /snapshot.jpg, /metrics, /healthz)",
                 p.addr()
             );
             Some(p)
         }
+        None => None,
+    };
+    let publisher = match &a.mqtt {
+        Some(url) => Some(start_mqtt(url, &a, metrics.clone())?),
         None => None,
     };
     let lcfg = LiveConfig {
@@ -244,6 +301,8 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         save_every,
         preview,
         instances,
+        metrics: metrics.clone(),
+        mqtt: publisher.as_ref().map(Publisher::queue),
         ..Default::default()
     };
     let mut pins = open_pins(&a)?;
@@ -252,13 +311,85 @@ pub fn run(a: LiveArgs) -> Result<i32> {
         pins: &mut pins,
         log: &mut out,
     };
-    let stats = live::run(&mut seg, src, sinks, &lcfg, &stop, |_| {})?;
+    let result = live::run(&mut seg, src, sinks, &lcfg, &stop, |_| {});
+    drop(lcfg);
+    if let Some(p) = publisher {
+        // Queued records get a moment to leave before the retained `offline` status.
+        p.finish(Duration::from_secs(3));
+    }
+    let stats = result?;
     eprintln!(
         "processed {} frames, {} dropped, {} corrupt, {} reconnects, {} write errors",
         stats.processed, stats.dropped, stats.corrupt, stats.reconnects, stats.write_errors
     );
+    if a.mqtt.is_some() {
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!(
+            "mqtt: {} records published, {} dropped from the full queue, {} reconnects",
+            metrics.mqtt_published.load(Relaxed),
+            metrics.mqtt_dropped.load(Relaxed),
+            metrics.mqtt_reconnects.load(Relaxed)
+        );
+    }
     // Results that could not be written are a failed run, whatever else went well.
     Ok(if stats.write_errors > 0 { 1 } else { 0 })
+}
+
+/// Starts the MQTT publisher for `--mqtt URL` (connecting in the background).
+fn start_mqtt(url: &str, a: &LiveArgs, metrics: Arc<LiveMetrics>) -> Result<Publisher> {
+    let device_id = match &a.device_id {
+        Some(d) => d.clone(),
+        None => default_device_id(),
+    };
+    let cfg = MqttConfig {
+        url: url.to_string(),
+        ca: a.mqtt_ca.clone(),
+        user: a.mqtt_user.clone(),
+        password: a.mqtt_password.clone(),
+        device_id,
+        queue: a.mqtt_queue as usize,
+        record_bytes: 1024,
+    };
+    let info = StatusInfo {
+        model: match &a.run.model {
+            Some(m) => m.display().to_string(),
+            None => "embedded".to_string(),
+        },
+        camera: match (&a.camera, &a.input) {
+            (Some(c), _) => c.display().to_string(),
+            (None, Some(i)) => i.clone(),
+            (None, None) => String::new(),
+        },
+    };
+    let p = Publisher::start(&cfg, &info, metrics)?;
+    eprintln!(
+        "mqtt: publishing to {url} as unet-edge/{}/{{frames,nuclei,status}}",
+        cfg.device_id
+    );
+    Ok(p)
+}
+
+/// The host name as one MQTT topic level (`unet-edge` when there is none).
+fn default_device_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#') || c.is_whitespace() {
+                '-'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "unet-edge".to_string()
+    } else {
+        id
+    }
 }
 
 #[cfg(target_os = "linux")]

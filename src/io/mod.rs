@@ -4,8 +4,14 @@
 #[cfg(feature = "live")]
 pub mod camera;
 #[cfg(feature = "live")]
+pub mod faults;
+#[cfg(feature = "live")]
 pub mod gpio;
 pub mod imageio;
+#[cfg(feature = "live")]
+pub mod metrics;
+#[cfg(feature = "live")]
+pub mod mqtt;
 #[cfg(feature = "live")]
 pub mod preview;
 pub mod record;

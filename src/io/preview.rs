@@ -3,6 +3,7 @@
 //! copies the overlay into a buffer reused from frame to frame; JPEG encoding happens on the
 //! client threads, so a watcher costs the frame loop nothing but that copy.
 
+use crate::io::metrics::{Health, LiveMetrics};
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -25,6 +26,7 @@ struct Shared {
     latest: Mutex<Latest>,
     fresh: Condvar,
     clients: AtomicUsize,
+    metrics: Arc<LiveMetrics>,
 }
 
 /// One of the [`MAX_CLIENTS`] client slots, given back when dropped: whether the client's thread
@@ -74,8 +76,8 @@ pub fn parse_addr(spec: &str) -> Result<SocketAddr> {
 }
 
 impl Preview {
-    /// Binds and starts serving.
-    pub fn start(addr: SocketAddr) -> Result<Preview> {
+    /// Binds and starts serving; `/metrics` and `/healthz` report `metrics`.
+    pub fn start(addr: SocketAddr, metrics: Arc<LiveMetrics>) -> Result<Preview> {
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("--preview: cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
@@ -83,6 +85,7 @@ impl Preview {
             latest: Mutex::new(Latest::default()),
             fresh: Condvar::new(),
             clients: AtomicUsize::new(0),
+            metrics,
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -157,7 +160,7 @@ fn next_jpeg(s: &Shared, seen: u64, wait: Duration, rgb: &mut Vec<u8>) -> Option
 }
 
 /// Most bytes of a request line plus headers; more is answered 431 and the connection closed.
-const MAX_REQUEST_BYTES: u64 = 8192;
+pub const MAX_REQUEST_BYTES: u64 = 8192;
 /// Time a client has to send its whole request, however it drips it.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -208,11 +211,16 @@ impl Write for WriteDeadline<'_> {
 /// The path of a request (query string dropped), reading at most [`MAX_REQUEST_BYTES`] within
 /// [`REQUEST_DEADLINE`]; `None` when the request is too large (the caller answers 431).
 fn read_request(conn: &TcpStream) -> std::io::Result<Option<String>> {
-    let deadline = Deadline {
+    parse_request(Deadline {
         conn,
         until: Instant::now() + REQUEST_DEADLINE,
-    };
-    let mut reader = BufReader::new(deadline.take(MAX_REQUEST_BYTES));
+    })
+}
+
+/// Reads one request head from `r` (at most [`MAX_REQUEST_BYTES`]): the target's path without
+/// query or fragment, `None` when the head is too large, an error when it ends early.
+pub fn parse_request(r: impl Read) -> std::io::Result<Option<String>> {
+    let mut reader = BufReader::new(r.take(MAX_REQUEST_BYTES));
     let mut request = String::new();
     reader.read_line(&mut request)?;
     if !request.ends_with('\n') {
@@ -309,8 +317,30 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
                 w.flush()?;
             }
         }
+        "/metrics" => {
+            let body = s.metrics.render();
+            write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        "/healthz" => {
+            let (status, body) = match s.metrics.health() {
+                Health::Ok => ("200 OK", "ok\n".to_string()),
+                Health::Stale(idle) => (
+                    "503 Service Unavailable",
+                    format!("no frame processed for {:.0} s\n", idle.as_secs_f64()),
+                ),
+            };
+            write!(
+                conn,
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n{body}",
+                body.len()
+            )
+        }
         _ => conn.write_all(
-            b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n\r\ntry / (page), /stream (MJPEG) or /snapshot.jpg\n",
+            b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n\r\ntry / (page), /stream (MJPEG), /snapshot.jpg, /metrics (Prometheus) or /healthz\n",
         ),
     }
 }
@@ -323,7 +353,7 @@ mod tests {
     fn oversized_and_dripped_requests_are_cut_off_and_queries_ignored() {
         // Regression: a request line without a newline was buffered without limit, and a client
         // dripping a byte every few seconds held its slot for as long as it liked.
-        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let p = Preview::start(parse_addr("0").unwrap(), Default::default()).unwrap();
         let addr = p.addr();
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -370,7 +400,7 @@ mod tests {
     fn a_stream_reader_that_stalls_is_dropped_and_its_slot_comes_back() {
         // Regression: MAX_CLIENTS viewers that opened /stream and never read held every slot
         // (others got 503) for as long as they stayed connected.
-        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let p = Preview::start(parse_addr("0").unwrap(), Default::default()).unwrap();
         let addr = p.addr();
         let stalled: Vec<TcpStream> = (0..MAX_CLIENTS)
             .map(|_| {
@@ -424,6 +454,7 @@ mod tests {
             latest: Mutex::new(Latest::default()),
             fresh: Condvar::new(),
             clients: AtomicUsize::new(0),
+            metrics: Default::default(),
         });
         let mut slots: Vec<ClientSlot> = (0..MAX_CLIENTS)
             .map(|_| ClientSlot::take(&shared).expect("a free slot"))
@@ -474,7 +505,7 @@ mod tests {
 
     #[test]
     fn serves_snapshot_stream_page_and_404() {
-        let p = Preview::start(parse_addr("0").unwrap()).unwrap();
+        let p = Preview::start(parse_addr("0").unwrap(), Default::default()).unwrap();
         let addr = p.addr();
         assert!(get(addr, "/snapshot.jpg", 4096).starts_with(b"HTTP/1.0 503"));
         let mut mask = vec![0u8; 32 * 16];

@@ -3,7 +3,7 @@
 //! formats it without allocating.
 
 use crate::engine::segmenter::FrameTiming;
-use crate::post::instances::Summary;
+use crate::post::instances::{Nucleus, Summary};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,8 @@ pub enum Origin<'a> {
         dropped: u64,
         /// Damaged frames skipped so far.
         corrupt: u64,
+        /// Records dropped from the full MQTT queue so far (`None`: no `--mqtt`).
+        mqtt_dropped: Option<u64>,
     },
     /// An image file segmented by `segment`.
     File {
@@ -83,9 +85,15 @@ impl FrameRecord<'_> {
         );
         match self.origin {
             Origin::Live {
-                dropped, corrupt, ..
+                dropped,
+                corrupt,
+                mqtt_dropped,
+                ..
             } => {
                 let _ = write!(out, ",\"dropped\":{dropped},\"corrupt\":{corrupt}");
+                if let Some(n) = mqtt_dropped {
+                    let _ = write!(out, ",\"mqtt_dropped\":{n}");
+                }
             }
             Origin::File { mask, .. } => {
                 out.push_str(",\"mask\":");
@@ -146,8 +154,41 @@ impl std::io::Write for LineLog {
     }
 }
 
+/// Appends a frame's per-nucleus table as one JSON object (no newline): `timestamp`, `frame`
+/// and `nuclei`, an array of objects with the columns of `segment`'s `nuclei.csv`.
+pub fn nuclei_json(out: &mut String, timestamp: f64, frame: u64, nuclei: &[Nucleus]) {
+    let _ = write!(
+        out,
+        "{{\"timestamp\":{timestamp:.3},\"frame\":{frame},\"nuclei\":["
+    );
+    for (i, n) in nuclei.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"id\":{},\"centroid_x\":{:.2},\"centroid_y\":{:.2},\"area_px\":{},\"mean_intensity\":{:.3},\"bbox\":[{},{},{},{}],\"touches_border\":{},\"major_axis_px\":{:.2},\"minor_axis_px\":{:.2},\"orientation_deg\":{:.1},\"eccentricity\":{:.3}}}",
+            n.id,
+            n.cx,
+            n.cy,
+            n.area,
+            n.mean_intensity,
+            n.bbox[0],
+            n.bbox[1],
+            n.bbox[2],
+            n.bbox[3],
+            n.touches_border,
+            n.major_axis,
+            n.minor_axis,
+            n.orientation_deg,
+            n.eccentricity()
+        );
+    }
+    out.push_str("]}");
+}
+
 /// Appends `s` as a JSON string literal.
-fn json_string(out: &mut String, s: &str) {
+pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -219,6 +260,7 @@ mod tests {
             latency_ms: 30.0,
             dropped: 2,
             corrupt: 1,
+            mqtt_dropped: Some(4),
         })
         .write_json(&mut line);
         record(Origin::File {
@@ -242,8 +284,40 @@ mod tests {
         }
         assert_eq!(lines[0]["frame"], 7);
         assert_eq!(lines[0]["dropped"], 2);
+        assert_eq!(lines[0]["mqtt_dropped"], 4);
+        assert!(lines[1].get("mqtt_dropped").is_none());
         assert_eq!(lines[1]["input"], "dir/a \"b\"\n.png");
         assert_eq!(lines[1]["mask"], "out/a.mask.png");
         assert!(lines[1].get("frame").is_none());
+    }
+
+    #[test]
+    fn the_nuclei_table_is_valid_json_with_every_column() {
+        let n = Nucleus {
+            id: 3,
+            cx: 10.5,
+            cy: 20.25,
+            area: 120,
+            mean_intensity: 88.0,
+            bbox: [4, 14, 17, 27],
+            touches_border: false,
+            major_axis: 14.0,
+            minor_axis: 10.0,
+            orientation_deg: 30.0,
+        };
+        let mut s = String::new();
+        nuclei_json(&mut s, 1.5e9, 9, &[n, Nucleus { id: 4, ..n }]);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["frame"], 9);
+        assert_eq!(v["nuclei"].as_array().unwrap().len(), 2);
+        assert_eq!(v["nuclei"][1]["id"], 4);
+        assert_eq!(v["nuclei"][0]["bbox"][3], 27);
+        assert_eq!(v["nuclei"][0]["area_px"], 120);
+        let mut empty = String::new();
+        nuclei_json(&mut empty, 0.0, 0, &[]);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&empty).unwrap()["nuclei"],
+            serde_json::json!([])
+        );
     }
 }

@@ -108,6 +108,29 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Runs the binary expecting it to fail: exit code 2 or 1 (never a panic's 101 or a signal),
+/// with every one of `want` in its stderr; returns the stderr.
+pub fn fails_with(args: &[&str], want: &[&str]) -> String {
+    let o = run(args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        matches!(o.status.code(), Some(1 | 2)),
+        "unet-edge {args:?} should fail with a message, got {:?}: {stderr}",
+        o.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "unet-edge {args:?} panicked: {stderr}"
+    );
+    for w in want {
+        assert!(
+            stderr.contains(w),
+            "unet-edge {args:?}: {w:?} not in stderr: {stderr}"
+        );
+    }
+    stderr
+}
+
 /// Runs `eval --json` on a predictions and a truth directory.
 pub fn eval(pred: &Path, truth: &Path) -> Output {
     run(&[

@@ -1,0 +1,2 @@
+//! unet-edge's fuzz targets (see `targets.rs`).
+pub mod targets;

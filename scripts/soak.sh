@@ -4,6 +4,7 @@
 # and preview clients that come, go and stall; samples the loop's RSS every 30 s.
 #
 #   sudo bash scripts/soak.sh 2 /tmp/soak      # hours, work directory (needs root for the tmpfs)
+#   FPS=2 BIN=/tmp/unet-edge bash scripts/soak.sh 2.2 /tmp/soak   # pace, a copy of the binary
 #
 # Writes WORKDIR/rss.csv (seconds,rss_kb), WORKDIR/stderr.log (the loop's summaries),
 # WORKDIR/frames.jsonl and WORKDIR/report.txt (fault counts, RSS after warm-up: first, min, max,
@@ -39,7 +40,9 @@ fills=0; viewers=0; stalled=0; snapshots=0
     sleep 2
   done ) &
 ( while kill -0 $PID 2>/dev/null; do
-    curl -s -o /dev/null --max-time 20 "http://127.0.0.1:$PORT/stream" ; echo viewer >> "$WORK/clients.log"
+    # curl ends the endless stream by its --max-time (exit 28): that is the viewer leaving.
+    curl -s -o /dev/null --max-time 20 "http://127.0.0.1:$PORT/stream" || true
+    echo viewer >> "$WORK/clients.log"
     sleep 40
   done ) &
 ( while kill -0 $PID 2>/dev/null; do

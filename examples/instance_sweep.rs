@@ -87,6 +87,7 @@ fn main() -> Result<()> {
                     h_abs,
                     h_rel,
                     min_area,
+                    grow: 0,
                 };
                 rows.push((c, f1(&synth_model, &c), f1(&synth_true, &c), f1(&real, &c)));
             }

@@ -15,6 +15,12 @@ pub const KEY_THRESHOLD: &str = "unet_edge.threshold";
 pub const KEY_TILE: &str = "unet_edge.tile";
 /// Metadata key: nucleus diameter range in pixels the model expects, e.g. `4-60`.
 pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
+/// Metadata key: how many pixels the instance step grows each nucleus by default (0..=8), the
+/// boundary correction chosen on validation images for a model whose masks run inside the
+/// annotated outlines; see [`crate::post::instances::InstanceConfig::grow`].
+pub const KEY_GROW: &str = "unet_edge.grow_px";
+/// Largest accepted [`KEY_GROW`] (and `--grow`): beyond a few pixels growth is no correction.
+pub const MAX_GROW: usize = 8;
 /// Metadata key: the receptive-field-derived margin the runtime uses by default.
 pub const KEY_MARGIN: &str = "unet_edge.margin";
 /// Metadata key: what each output channel means, comma-separated, e.g. `foreground,core`.
@@ -65,6 +71,8 @@ pub struct ModelMeta {
     pub margin: Option<usize>,
     /// Output channels by name; the first is `foreground`.
     pub channels: Vec<String>,
+    /// Default growth of each nucleus in px ([`KEY_GROW`]; 0 when absent).
+    pub grow: usize,
     /// All metadata entries, verbatim.
     pub props: BTreeMap<String, String>,
 }
@@ -78,6 +86,7 @@ impl Default for ModelMeta {
             tile: None,
             margin: None,
             channels: vec![CHANNEL_NAMES[0].to_string()],
+            grow: 0,
             props: BTreeMap::new(),
         }
     }
@@ -119,6 +128,12 @@ impl ModelMeta {
         };
         m.tile = usize_key(KEY_TILE)?;
         m.margin = usize_key(KEY_MARGIN)?;
+        if let Some(g) = usize_key(KEY_GROW)? {
+            if g > MAX_GROW {
+                bail!("metadata {KEY_GROW} is {g}; expected 0..={MAX_GROW} px");
+            }
+            m.grow = g;
+        }
         if let Some(v) = props.get(KEY_CHANNELS) {
             let names: Vec<String> = v.split(',').map(|c| c.trim().to_string()).collect();
             if names.first().map(String::as_str) != Some(CHANNEL_NAMES[0])
@@ -155,6 +170,9 @@ impl ModelMeta {
             p.insert(KEY_MARGIN.into(), m.to_string());
         }
         p.insert(KEY_CHANNELS.into(), self.channels.join(","));
+        if self.grow > 0 {
+            p.insert(KEY_GROW.into(), self.grow.to_string());
+        }
         p
     }
 
@@ -178,12 +196,14 @@ mod tests {
         m2.tile = Some(128);
         m2.margin = Some(24);
         m2.channels = vec!["foreground".into(), "core".into()];
+        m2.grow = 1;
         let back = ModelMeta::from_props(m2.to_props()).unwrap();
         assert_eq!(back.core_channel(), Some(1));
         assert_eq!(m.core_channel(), None);
         assert_eq!(back.output, OutputKind::Logits);
         assert_eq!(back.tile, Some(128));
         assert_eq!(back.margin, Some(24));
+        assert_eq!((back.grow, m.grow), (1, 0));
     }
 
     #[test]
@@ -196,6 +216,8 @@ mod tests {
             (KEY_CHANNELS, "foreground,edges"),
             (KEY_CHANNELS, "foreground,core,core"),
             (KEY_CHANNELS, "foreground,distance"),
+            (KEY_GROW, "9"),
+            (KEY_GROW, "-1"),
         ] {
             let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");

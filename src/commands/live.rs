@@ -254,8 +254,8 @@ pub fn run(a: LiveArgs) -> Result<i32> {
             a.fps
         );
     }
-    let instances = a.nuclei.config()?;
     let (model, cfg) = super::load(&a.run, a.threshold)?;
+    let instances = a.nuclei.config(&model.meta)?;
     let mut seg = Segmenter::new(&model, cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

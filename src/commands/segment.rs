@@ -4,10 +4,11 @@ use crate::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use unet_edge::contract::{ModelMeta, MAX_GROW};
 use unet_edge::engine::segmenter::Segmenter;
 use unet_edge::io::imageio;
-use unet_edge::io::record::{FrameRecord, Origin};
-use unet_edge::post::instances::{InstanceConfig, Instances, Nucleus};
+use unet_edge::io::record::{nuclei_csv, FrameRecord, Origin};
+use unet_edge::post::instances::{InstanceConfig, Instances};
 
 /// Options of `segment`.
 #[derive(Args, Debug)]
@@ -46,21 +47,32 @@ pub struct NucleiArgs {
     /// is a few pixels, from splitting on noise).
     #[arg(long, value_name = "PX", default_value_t = InstanceConfig::default().h_abs)]
     pub split_px: f32,
+    /// Grow each nucleus by this many pixels into the background after the split, never into
+    /// a neighbour (0..=8). Defaults to the model's boundary correction (metadata
+    /// `unet_edge.grow_px`, chosen on validation images; the shipped model's is in its card),
+    /// or 0.
+    #[arg(long, value_name = "PX")]
+    pub grow: Option<usize>,
 }
 
 impl NucleiArgs {
-    /// The instance-separation settings.
-    pub fn config(&self) -> anyhow::Result<InstanceConfig> {
+    /// The instance-separation settings for `model` (whose metadata gives the default growth).
+    pub fn config(&self, model: &ModelMeta) -> anyhow::Result<InstanceConfig> {
         if !(0.0..=1.0).contains(&self.split) {
             bail!("--split {} is outside 0..1", self.split);
         }
         if !(0.0..=100.0).contains(&self.split_px) {
             bail!("--split-px {} is outside 0..100 px", self.split_px);
         }
+        let grow = self.grow.unwrap_or(model.grow);
+        if grow > MAX_GROW {
+            bail!("--grow {grow} is outside 0..={MAX_GROW} px");
+        }
         Ok(InstanceConfig {
             min_area: self.min_area,
             h_rel: self.split,
             h_abs: self.split_px,
+            grow,
         })
     }
 }
@@ -129,9 +141,9 @@ pub fn run(a: SegmentArgs) -> Result<i32> {
         }
     }
     let (model, cfg) = super::load(&a.run, a.threshold)?;
+    let icfg = a.nuclei.config(&model.meta)?;
     let mut seg = Segmenter::new(&model, cfg)?;
     let mut inst = Instances::new();
-    let icfg = a.nuclei.config()?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
     for stale in imageio::remove_stale_temps(&a.out)? {
@@ -210,10 +222,9 @@ fn segment_one(
         &out.join(format!("{name}.prob.png")),
         &imageio::png_gray8(w, h, prob)?,
     )?;
-    files.stage(
-        &out.join(format!("{name}.nuclei.csv")),
-        nuclei_csv(inst.nuclei()).as_bytes(),
-    )?;
+    let mut csv = String::new();
+    nuclei_csv(&mut csv, inst.nuclei());
+    files.stage(&out.join(format!("{name}.nuclei.csv")), csv.as_bytes())?;
     files.stage(
         &out.join(format!("{name}.overlay.png")),
         &imageio::png_rgb8(imageio::overlay(seg.normalized(), seg.mask(), w, h))?,
@@ -240,29 +251,4 @@ fn segment_one(
     .write_json(&mut line);
     print!("{line}");
     Ok(())
-}
-
-/// The per-nucleus table.
-fn nuclei_csv(nuclei: &[Nucleus]) -> String {
-    let mut s = String::from("id,centroid_x,centroid_y,area_px,mean_intensity,bbox_x0,bbox_y0,bbox_x1,bbox_y1,touches_border,major_axis_px,minor_axis_px,orientation_deg,eccentricity\n");
-    for n in nuclei {
-        s.push_str(&format!(
-            "{},{:.2},{:.2},{},{:.3},{},{},{},{},{},{:.2},{:.2},{:.1},{:.3}\n",
-            n.id,
-            n.cx,
-            n.cy,
-            n.area,
-            n.mean_intensity,
-            n.bbox[0],
-            n.bbox[1],
-            n.bbox[2],
-            n.bbox[3],
-            n.touches_border,
-            n.major_axis,
-            n.minor_axis,
-            n.orientation_deg,
-            n.eccentricity()
-        ));
-    }
-    s
 }

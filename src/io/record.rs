@@ -154,6 +154,106 @@ impl std::io::Write for LineLog {
     }
 }
 
+/// How a per-nucleus column is being written: CSV flattens the bounding box to four fields.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Csv,
+    Json,
+}
+
+/// One column of the per-nucleus table: its JSON key, its CSV header field(s) and its value.
+struct Column {
+    json: &'static str,
+    csv: &'static str,
+    write: fn(&mut String, &Nucleus, Layout),
+}
+
+/// The per-nucleus table, in order: `segment`'s `nuclei.csv` and the live loop's MQTT
+/// `.../nuclei` records both walk it, so the two cannot drift apart.
+const NUCLEUS_COLUMNS: [Column; 11] = [
+    Column {
+        json: "id",
+        csv: "id",
+        write: |o, n, _| {
+            let _ = write!(o, "{}", n.id);
+        },
+    },
+    Column {
+        json: "centroid_x",
+        csv: "centroid_x",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.2}", n.cx);
+        },
+    },
+    Column {
+        json: "centroid_y",
+        csv: "centroid_y",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.2}", n.cy);
+        },
+    },
+    Column {
+        json: "area_px",
+        csv: "area_px",
+        write: |o, n, _| {
+            let _ = write!(o, "{}", n.area);
+        },
+    },
+    Column {
+        json: "mean_intensity",
+        csv: "mean_intensity",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.3}", n.mean_intensity);
+        },
+    },
+    Column {
+        json: "bbox",
+        csv: "bbox_x0,bbox_y0,bbox_x1,bbox_y1",
+        write: |o, n, layout| {
+            let [x0, y0, x1, y1] = n.bbox;
+            let _ = match layout {
+                Layout::Csv => write!(o, "{x0},{y0},{x1},{y1}"),
+                Layout::Json => write!(o, "[{x0},{y0},{x1},{y1}]"),
+            };
+        },
+    },
+    Column {
+        json: "touches_border",
+        csv: "touches_border",
+        write: |o, n, _| {
+            let _ = write!(o, "{}", n.touches_border);
+        },
+    },
+    Column {
+        json: "major_axis_px",
+        csv: "major_axis_px",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.2}", n.major_axis);
+        },
+    },
+    Column {
+        json: "minor_axis_px",
+        csv: "minor_axis_px",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.2}", n.minor_axis);
+        },
+    },
+    Column {
+        json: "orientation_deg",
+        csv: "orientation_deg",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.1}", n.orientation_deg);
+        },
+    },
+    Column {
+        json: "eccentricity",
+        csv: "eccentricity",
+        write: |o, n, _| {
+            let _ = write!(o, "{:.3}", n.eccentricity());
+        },
+    },
+];
+
 /// Appends a frame's per-nucleus table as one JSON object (no newline): `timestamp`, `frame`
 /// and `nuclei`, an array of objects with the columns of `segment`'s `nuclei.csv`.
 pub fn nuclei_json(out: &mut String, timestamp: f64, frame: u64, nuclei: &[Nucleus]) {
@@ -165,26 +265,34 @@ pub fn nuclei_json(out: &mut String, timestamp: f64, frame: u64, nuclei: &[Nucle
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(
-            out,
-            "{{\"id\":{},\"centroid_x\":{:.2},\"centroid_y\":{:.2},\"area_px\":{},\"mean_intensity\":{:.3},\"bbox\":[{},{},{},{}],\"touches_border\":{},\"major_axis_px\":{:.2},\"minor_axis_px\":{:.2},\"orientation_deg\":{:.1},\"eccentricity\":{:.3}}}",
-            n.id,
-            n.cx,
-            n.cy,
-            n.area,
-            n.mean_intensity,
-            n.bbox[0],
-            n.bbox[1],
-            n.bbox[2],
-            n.bbox[3],
-            n.touches_border,
-            n.major_axis,
-            n.minor_axis,
-            n.orientation_deg,
-            n.eccentricity()
-        );
+        for (c, col) in NUCLEUS_COLUMNS.iter().enumerate() {
+            out.push(if c == 0 { '{' } else { ',' });
+            let _ = write!(out, "\"{}\":", col.json);
+            (col.write)(out, n, Layout::Json);
+        }
+        out.push('}');
     }
     out.push_str("]}");
+}
+
+/// Appends the per-nucleus table as CSV: a header line, then one line per nucleus.
+pub fn nuclei_csv(out: &mut String, nuclei: &[Nucleus]) {
+    for (c, col) in NUCLEUS_COLUMNS.iter().enumerate() {
+        if c > 0 {
+            out.push(',');
+        }
+        out.push_str(col.csv);
+    }
+    out.push('\n');
+    for n in nuclei {
+        for (c, col) in NUCLEUS_COLUMNS.iter().enumerate() {
+            if c > 0 {
+                out.push(',');
+            }
+            (col.write)(out, n, Layout::Csv);
+        }
+        out.push('\n');
+    }
 }
 
 /// Appends `s` as a JSON string literal.
@@ -319,5 +427,53 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&empty).unwrap()["nuclei"],
             serde_json::json!([])
         );
+    }
+
+    #[test]
+    fn the_csv_table_and_the_json_table_carry_the_same_values() {
+        let n = Nucleus {
+            id: 7,
+            cx: 3.125,
+            cy: 99.5,
+            area: 4321,
+            mean_intensity: 1234.5678,
+            bbox: [1, 2, 30, 40],
+            touches_border: true,
+            major_axis: 20.0,
+            minor_axis: 12.0,
+            orientation_deg: -45.25,
+        };
+        let mut csv = String::new();
+        nuclei_csv(&mut csv, &[n, Nucleus { id: 8, ..n }]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "{csv}");
+        let header: Vec<&str> = lines[0].split(',').collect();
+        assert_eq!(header.len(), 14);
+        assert_eq!(header[0], "id");
+        assert_eq!(header[5..9], ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]);
+        let row: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(row.len(), header.len());
+        assert_eq!(lines[2].split(',').next(), Some("8"));
+
+        let mut json = String::new();
+        nuclei_json(&mut json, 0.0, 0, &[n]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let object = v["nuclei"][0].as_object().unwrap();
+        assert_eq!(object.len(), 11);
+        for (name, field) in header.iter().zip(&row) {
+            let value = match name.strip_prefix("bbox_") {
+                Some(corner) => {
+                    let k = ["x0", "y0", "x1", "y1"]
+                        .iter()
+                        .position(|c| c == &corner)
+                        .unwrap();
+                    &object["bbox"][k]
+                }
+                None => &object[*name],
+            };
+            // Both carry the same digits; parsing drops trailing zeros alike.
+            let field: serde_json::Value = serde_json::from_str(field).unwrap();
+            assert_eq!(value, &field, "column {name}");
+        }
     }
 }

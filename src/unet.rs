@@ -4,7 +4,7 @@
 
 use crate::contract::ModelMeta;
 use crate::rng::Rng;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tract_onnx::pb;
 use unet_graph::onnx_writer::{ConvSpec, Dim, ElemType, GraphBuilder};
 
@@ -143,6 +143,34 @@ impl UNetSpec {
     }
 }
 
+/// Parses `unet base=16 depth=4 outputs=2` (the architecture metadata [`UNetWeights::to_onnx`]
+/// writes; `outputs` absent means 1).
+fn parse_architecture(s: &str) -> Result<UNetSpec> {
+    let mut words = s.split_whitespace();
+    if words.next() != Some("unet") {
+        bail!("architecture {s:?} is not a U-Net (expected \"unet base=B depth=D outputs=C\")");
+    }
+    let mut spec = UNetSpec::default();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .with_context(|| format!("architecture {s:?}: {w:?} is not key=value"))?;
+        let v: usize = v
+            .parse()
+            .with_context(|| format!("architecture {s:?}: {k} is not a number"))?;
+        match k {
+            "base" => spec.base = v,
+            "depth" => spec.depth = v,
+            "outputs" => spec.outputs = v,
+            _ => bail!("architecture {s:?}: unknown key {k:?} (base, depth, outputs)"),
+        }
+    }
+    if spec.base == 0 || spec.depth == 0 || spec.depth > 8 || !(1..=2).contains(&spec.outputs) {
+        bail!("architecture {s:?}: base and depth (1..=8) must be positive, outputs 1 or 2");
+    }
+    Ok(spec)
+}
+
 /// Resolution level (number of 2x downsamplings) at which a named layer runs.
 fn level_of(name: &str, depth: usize) -> usize {
     if name.starts_with("mid") {
@@ -155,6 +183,87 @@ fn level_of(name: &str, depth: usize) -> usize {
 }
 
 impl UNetWeights {
+    /// [`UNetWeights::from_onnx`] on the ONNX file at `path`.
+    pub fn read_onnx(path: &std::path::Path) -> Result<UNetWeights> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        unet_graph::onnx_writer::decode(&bytes)
+            .and_then(|m| UNetWeights::from_onnx(&m))
+            .with_context(|| format!("reading U-Net weights from {}", path.display()))
+    }
+
+    /// Reads the weights back from an ONNX model written by [`UNetWeights::to_onnx`]: the
+    /// architecture from its `unet_edge.architecture` metadata, each layer from the initializers
+    /// `<layer>.weight` and `<layer>.bias`. The trainer starts fine-tuning from a shipped model
+    /// this way, without the run directory that produced it.
+    pub fn from_onnx(model: &pb::ModelProto) -> Result<UNetWeights> {
+        let arch = model
+            .metadata_props
+            .iter()
+            .find(|p| p.key == crate::contract::KEY_ARCHITECTURE)
+            .map(|p| p.value.as_str())
+            .with_context(|| {
+                format!(
+                    "no {} metadata: not a U-Net written by this project",
+                    crate::contract::KEY_ARCHITECTURE
+                )
+            })?;
+        let spec = parse_architecture(arch)?;
+        let graph = model.graph.as_ref().context("the model has no graph")?;
+        // The writer numbers initializer names (`enc0.conv1.weight_1`), so layers are found as
+        // the graph uses them: the k-th Conv node is the k-th layer of the spec.
+        let convs: Vec<&pb::NodeProto> =
+            graph.node.iter().filter(|n| n.op_type == "Conv").collect();
+        let shapes = spec.layer_shapes();
+        if convs.len() != shapes.len() {
+            bail!(
+                "architecture {arch:?} has {} convolutions, the graph {}",
+                shapes.len(),
+                convs.len()
+            );
+        }
+        let find = |layer: &str, input: Option<&String>, len: usize| -> Result<Vec<f32>> {
+            let t = input
+                .and_then(|name| graph.initializer.iter().find(|t| &t.name == name))
+                .with_context(|| {
+                    format!("layer {layer}: a weight or bias initializer is missing")
+                })?;
+            let v: Vec<f32> = if !t.raw_data.is_empty() {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            } else {
+                t.float_data.clone()
+            };
+            if t.data_type != pb::tensor_proto::DataType::Float as i32 || v.len() != len {
+                bail!(
+                    "layer {layer}: initializer {:?} holds {} values of ONNX type {}, expected {len} float32",
+                    t.name,
+                    v.len(),
+                    t.data_type
+                );
+            }
+            Ok(v)
+        };
+        let layers = shapes
+            .into_iter()
+            .zip(convs)
+            .map(|((name, out_ch, in_ch, kernel), node)| {
+                Ok(ConvLayer {
+                    weight: find(&name, node.input.get(1), out_ch * in_ch * kernel * kernel)?,
+                    bias: find(&name, node.input.get(2), out_ch)?,
+                    name,
+                    out_ch,
+                    in_ch,
+                    kernel,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let w = UNetWeights { spec, layers };
+        w.validate()?;
+        Ok(w)
+    }
+
     /// Checks every layer against the spec's shapes.
     pub fn validate(&self) -> Result<()> {
         let shapes = self.spec.layer_shapes();
@@ -380,6 +489,40 @@ mod tests {
     use super::*;
     use tract_onnx::prelude::*;
     use unet_graph::onnx_writer;
+
+    #[test]
+    fn weights_read_back_from_the_written_onnx_equal_the_originals() {
+        let spec = UNetSpec {
+            base: 4,
+            depth: 2,
+            outputs: 2,
+        };
+        let wts = spec.random_weights(7);
+        let bytes = onnx_writer::encode(&wts.to_onnx(&ModelMeta::default()).unwrap());
+        let back = UNetWeights::from_onnx(&onnx_writer::decode(&bytes).unwrap()).unwrap();
+        assert_eq!(back, wts);
+
+        let mut no_arch = wts.to_onnx(&ModelMeta::default()).unwrap();
+        no_arch
+            .metadata_props
+            .retain(|p| p.key != crate::contract::KEY_ARCHITECTURE);
+        let e = UNetWeights::from_onnx(&no_arch).unwrap_err().to_string();
+        assert!(e.contains("unet_edge.architecture"), "{e}");
+        let mut missing = wts.to_onnx(&ModelMeta::default()).unwrap();
+        missing
+            .graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .retain(|t| !t.name.starts_with("mid.conv2.bias"));
+        let e = UNetWeights::from_onnx(&missing).unwrap_err().to_string();
+        assert!(e.contains("layer mid.conv2"), "{e}");
+        assert!(parse_architecture("unet base=16 depth=4 outputs=9").is_err());
+        assert_eq!(
+            parse_architecture("unet base=16 depth=4").unwrap(),
+            UNetSpec::default()
+        );
+    }
 
     #[test]
     fn seed_shapes_and_cost() {

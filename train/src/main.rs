@@ -93,9 +93,10 @@ enum Command {
         /// cut touching nuclei apart (see the model card for what it measured so far).
         #[arg(long)]
         gap: bool,
-        /// Start from the best weights of another run (same base/depth; the head grows to
-        /// --outputs), e.g. to fine-tune a foreground net for the core channel.
-        #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+        /// Start from the best weights of another run, or from an ONNX model this project
+        /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
+        /// head grows to --outputs (to fine-tune a foreground net for the core channel).
+        #[arg(long, value_name = "RUN|FILE.onnx", conflicts_with = "resume")]
         init_from: Option<PathBuf>,
         /// Continue the run in --run from its last checkpoint (same options required).
         #[arg(long)]

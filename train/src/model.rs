@@ -39,6 +39,25 @@ impl UNet {
         }
     }
 
+    /// The network holding `w` (e.g. read from a shipped ONNX model by
+    /// [`UNetWeights::from_onnx`]), so a run can fine-tune it.
+    pub fn from_weights(w: &UNetWeights, device: &Device) -> Result<UNet> {
+        w.validate()?;
+        let mut net = UNet::new(w.spec, device);
+        for (conv, l) in net.convs.iter_mut().zip(&w.layers) {
+            let shape = [l.out_ch, l.in_ch, l.kernel, l.kernel];
+            conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(l.weight.clone(), shape),
+                device,
+            ));
+            conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(l.bias.clone(), [l.out_ch]),
+                device,
+            )));
+        }
+        Ok(net)
+    }
+
     /// This network with its 1x1 head grown to `outputs` channels: the existing channels keep
     /// their weights, new ones start from a fresh initialisation. Fine-tuning a trained
     /// foreground net for the core channel starts from everything it already knows.

@@ -20,7 +20,7 @@ use unet_edge::io::imageio::write_atomic;
 use unet_edge::post::metrics::{ImageMean, PixelOverlap as Overlap};
 use unet_edge::rng::Rng;
 use unet_edge::synth::SynthConfig;
-use unet_edge::unet::UNetSpec;
+use unet_edge::unet::{UNetSpec, UNetWeights};
 
 /// Everything that defines a run; saved as `config.json` beside the weights.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -106,13 +106,26 @@ pub struct TrainState {
     /// The best checkpoint's whole-image figures per validation group.
     #[serde(default)]
     pub best_groups: std::collections::BTreeMap<String, ImageMean>,
+    /// The instance step's growth (px) the best checkpoint scored best with; exported as the
+    /// model's `unet_edge.grow_px`.
+    #[serde(default)]
+    pub best_grow: usize,
 }
 
 /// A whole validation image with its group.
 type Grouped = (String, Named);
 
-/// Whole-image figures over all validation images and per group.
-type WholeImageScores = (ImageMean, std::collections::BTreeMap<String, ImageMean>);
+/// Whole-image figures over all validation images and per group, with the growth (px) they
+/// were scored with.
+type WholeImageScores = (
+    ImageMean,
+    std::collections::BTreeMap<String, ImageMean>,
+    usize,
+);
+
+/// The instance step's growths each checkpoint is scored with; the best becomes the model's
+/// default (`unet_edge.grow_px`), so the boundary correction is chosen on validation images.
+const GROWTHS: [usize; 3] = [0, 1, 2];
 
 /// What checkpoint selection maximises on whole images: F1 and the DSB2018 score, equally.
 fn selection_score(m: &ImageMean) -> f32 {
@@ -418,7 +431,8 @@ fn split_validation(
 
 /// Segments whole validation images through the runtime (`Segmenter` and the instance step with
 /// default settings, as `unet-edge segment` does) with the weights of `model`, and scores them as
-/// `unet-edge eval` does: means over all images and per group.
+/// `unet-edge eval` does: means over all images and per group, at the growth of [`GROWTHS`]
+/// that scores best (returned with them).
 pub fn validate_instances(
     model: &UNet,
     cfg: &TrainConfig,
@@ -437,24 +451,37 @@ pub fn validate_instances(
         },
     )?;
     let mut inst = Instances::new();
-    let icfg = InstanceConfig::default();
-    let mut scores = Vec::with_capacity(val.len());
+    // One network pass per image; the instance step runs once per growth.
+    let mut scores: Vec<Vec<(&str, Scores)>> = vec![Vec::with_capacity(val.len()); GROWTHS.len()];
     for (group, n) in val {
         let s = &n.sample;
         seg.segment(&s.image, s.width, s.height)
             .with_context(|| format!("segmenting validation image {}", n.name))?;
-        inst.run(seg.mask(), seg.core(), &s.image, s.width, s.height, &icfg);
         let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
-        scores.push((group.as_str(), Scores::compare(inst.labels(), &truth)));
+        for (k, &grow) in GROWTHS.iter().enumerate() {
+            let icfg = InstanceConfig {
+                grow,
+                ..InstanceConfig::default()
+            };
+            inst.run(seg.mask(), seg.core(), &s.image, s.width, s.height, &icfg);
+            scores[k].push((group.as_str(), Scores::compare(inst.labels(), &truth)));
+        }
     }
-    let all = ImageMean::of(scores.iter().map(|(_, s)| s));
+    let means: Vec<ImageMean> = scores
+        .iter()
+        .map(|s| ImageMean::of(s.iter().map(|(_, s)| s)))
+        .collect();
+    let best = (0..GROWTHS.len())
+        .max_by(|&a, &b| selection_score(&means[a]).total_cmp(&selection_score(&means[b])))
+        .expect("growths");
+    let chosen = &scores[best];
     let mut per_group = std::collections::BTreeMap::new();
     for (g, _) in val {
         per_group.entry(g.clone()).or_insert_with(|| {
-            ImageMean::of(scores.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
+            ImageMean::of(chosen.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
         });
     }
-    Ok((all, per_group))
+    Ok((means[best], per_group, GROWTHS[best]))
 }
 
 /// Rejects option values no run can use.
@@ -535,7 +562,12 @@ pub fn train(
     };
     let mut model = UNet::new(spec, &device);
     if let (Some(from), false) = (init, resume) {
-        model = load_run(from, &device, false)?.with_outputs(cfg.outputs, &device)?;
+        let start = if from.extension().is_some_and(|e| e == "onnx") {
+            UNet::from_weights(&UNetWeights::read_onnx(from)?, &device)?
+        } else {
+            load_run(from, &device, false)?
+        };
+        model = start.with_outputs(cfg.outputs, &device)?;
         if model.spec() != spec {
             bail!(
                 "--init-from {}: its network {:?} differs from this run's {:?}",
@@ -702,7 +734,7 @@ fn validate_and_keep_best(
         Some(validate_instances(&model.valid(), cfg, val_full)?)
     };
     state.history.push((state.step, ema_loss, v.dice, v.iou));
-    if let Some((m, _)) = &whole {
+    if let Some((m, _, _)) = &whole {
         state.instance_history.push((state.step, *m));
     }
     let line = format!(
@@ -715,18 +747,19 @@ fn validate_and_keep_best(
             .unwrap_or_default(),
         whole
             .as_ref()
-            .map(|(m, _)| format!(
-                "  whole images: F1 {:.4} DSB {:.4} Dice {:.4}",
+            .map(|(m, _, grow)| format!(
+                "  whole images (grow {grow}): F1 {:.4} DSB {:.4} Dice {:.4}",
                 m.f1_at_05, m.dsb2018_score, m.pixel_dice
             ))
             .unwrap_or_default(),
     );
     let score = whole
         .as_ref()
-        .map_or(v.score(), |(m, _)| selection_score(m));
+        .map_or(v.score(), |(m, _, _)| selection_score(m));
     if state.best_step == 0 || score >= state.best_score {
-        if let Some((_, g)) = &whole {
+        if let Some((_, g, grow)) = &whole {
             state.best_groups = g.clone();
+            state.best_grow = *grow;
         }
         state.best_score = score;
         state.best_dice = v.dice;
@@ -752,6 +785,7 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState) -> Result<Vec
     let mut meta = ModelMeta {
         output: OutputKind::Probability,
         tile: Some(cfg.tile),
+        grow: state.best_grow,
         ..Default::default()
     };
     meta.props.insert(KEY_DIAMETER.into(), "5-56".into());
@@ -950,8 +984,27 @@ mod tests {
         );
         // Training from it with the core channel runs and exports two channels.
         train(tiny(2), &two, false, Some(&one)).unwrap();
-        let m = Model::from_path(&RunDir(two).best_onnx()).unwrap();
+        let m = Model::from_path(&RunDir(two.clone()).best_onnx()).unwrap();
         assert_eq!(m.meta.channels.len(), 2);
+
+        // An exported ONNX model is a starting point too: the net read back computes what the
+        // run's best checkpoint computes.
+        let three = dir.path().join("three");
+        train(
+            tiny(1),
+            &three,
+            false,
+            Some(&RunDir(two.clone()).best_onnx()),
+        )
+        .unwrap();
+        let best = load_run(&two, &device, false).unwrap();
+        let w = UNetWeights::read_onnx(&RunDir(two).best_onnx()).unwrap();
+        let read = UNet::from_weights(&w, &device).unwrap();
+        let x = to_tensor(vec![0.3; 32 * 32], 1, 32, &device);
+        assert_eq!(
+            foreground(best.forward(x.clone())).unwrap(),
+            foreground(read.forward(x)).unwrap()
+        );
     }
 
     #[test]

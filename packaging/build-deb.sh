@@ -3,7 +3,8 @@
 #   packaging/build-deb.sh amd64|arm64|armhf BINARY OUTDIR
 # Contents: /usr/bin/unet-edge (the default model embedded), both models under
 # /usr/share/unet-edge/models, the systemd unit, /etc/unet-edge/config.toml (a conffile: kept,
-# or offered for merge, on upgrade), the README and the model card. Needs dpkg-deb only.
+# or offered for merge, on upgrade), the README and the model card. Needs dpkg-deb and the
+# architecture's strip (binutils).
 set -euo pipefail
 arch=${1:?arch: amd64, arm64 or armhf}
 bin=${2:?path of the unet-edge binary for that architecture}
@@ -14,6 +15,15 @@ version=${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | he
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -D -m 0755 "$bin" "$stage/usr/bin/unet-edge"
+# Debug info stays on the build machine (as dh_strip does): the binutils of the package's
+# architecture come with the cross gcc packages .ci/run installs.
+case "$arch" in
+  amd64) strip_tool=strip ;;
+  arm64) strip_tool=aarch64-linux-gnu-strip ;;
+  armhf) strip_tool=arm-linux-gnueabihf-strip ;;
+esac
+command -v "$strip_tool" >/dev/null || { echo "build-deb: $strip_tool not found (binutils for $arch)" >&2; exit 2; }
+"$strip_tool" --strip-unneeded "$stage/usr/bin/unet-edge"
 install -D -m 0644 "$root/models/unet-nuclei.onnx" "$stage/usr/share/unet-edge/models/unet-nuclei.onnx"
 install -D -m 0644 "$root/models/unet-nuclei.int8.onnx" "$stage/usr/share/unet-edge/models/unet-nuclei.int8.onnx"
 install -D -m 0644 "$root/packaging/unet-edge.service" "$stage/lib/systemd/system/unet-edge.service"

@@ -227,20 +227,13 @@ impl UNetWeights {
                 .with_context(|| {
                     format!("layer {layer}: a weight or bias initializer is missing")
                 })?;
-            let v: Vec<f32> = if !t.raw_data.is_empty() {
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            } else {
-                t.float_data.clone()
-            };
-            if t.data_type != pb::tensor_proto::DataType::Float as i32 || v.len() != len {
+            let (_, v) =
+                unet_graph::onnx_writer::tensor_f32(t).with_context(|| format!("layer {layer}"))?;
+            if v.len() != len {
                 bail!(
-                    "layer {layer}: initializer {:?} holds {} values of ONNX type {}, expected {len} float32",
+                    "layer {layer}: initializer {:?} holds {} values, expected {len}",
                     t.name,
-                    v.len(),
-                    t.data_type
+                    v.len()
                 );
             }
             Ok(v)

@@ -1,10 +1,9 @@
 //! The shipped models on the real DSB2018 sample, through the real binary (`segment`, then
 //! `eval`): a model change that loses accuracy on real nuclei fails here. The floors sit a little
-//! under the model card's figures (f32: Dice 0.888, F1 0.835, DSB 0.405; int8: 0.888, 0.816,
-//! 0.399), leaving a couple of nuclei for numerical drift. (The model is selected on 60 real
-//! validation images; this image checks it from outside that set. The core-channel model shipped
-//! in session 7 scores lower here on Dice and DSB than its predecessor, 0.907 / 0.417, and higher
-//! on all 60 validation images' F1 and DSB: see the model card.)
+//! under the model card's figures (f32: Dice 0.902, F1 0.870, DSB 0.450; int8: 0.901, 0.878, 0.454),
+//! leaving a couple of nuclei for numerical drift. (The model is selected on 60 real validation
+//! images, averaged per experiment group; this image, from none of those groups, checks it from
+//! outside that set: see the model card.)
 
 mod util;
 
@@ -44,7 +43,7 @@ fn scores_on_real_sample(model: Option<&str>) -> (f64, f64, f64) {
 fn embedded_model_segments_the_real_sample() {
     let (dice, f1, dsb) = scores_on_real_sample(None);
     assert!(
-        dice >= 0.875 && f1 >= 0.82 && dsb >= 0.39,
+        dice >= 0.89 && f1 >= 0.85 && dsb >= 0.435,
         "Dice {dice:.3}, F1 {f1:.3}, DSB {dsb:.3}"
     );
 }
@@ -54,7 +53,7 @@ fn int8_model_segments_the_real_sample() {
     let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/unet-nuclei.int8.onnx");
     let (dice, f1, dsb) = scores_on_real_sample(Some(m.to_str().unwrap()));
     assert!(
-        dice >= 0.875 && f1 >= 0.80 && dsb >= 0.385,
+        dice >= 0.89 && f1 >= 0.855 && dsb >= 0.435,
         "Dice {dice:.3}, F1 {f1:.3}, DSB {dsb:.3}"
     );
 }

@@ -252,15 +252,8 @@ impl Instances {
         for k in 0..fg {
             let p = self.order[k] as usize;
             let level = self.dist[p];
-            let (x, y) = (p % w, p / w);
             let mut best = NONE;
-            let neighbours = [
-                (x > 0).then(|| p - 1),
-                (x + 1 < w).then(|| p + 1),
-                (y > 0).then(|| p - w),
-                (y + 1 < h).then(|| p + w),
-            ];
-            for nb in neighbours.into_iter().flatten() {
+            for nb in neighbours4(p, w, h) {
                 if self.labels[nb] == NONE {
                     continue;
                 }
@@ -316,14 +309,7 @@ impl Instances {
         for p in 0..w * h {
             let mut claim = NONE;
             if self.labels[p] == NONE {
-                let (x, y) = (p % w, p / w);
-                let neighbours = [
-                    (x > 0).then(|| p - 1),
-                    (x + 1 < w).then(|| p + 1),
-                    (y > 0).then(|| p - w),
-                    (y + 1 < h).then(|| p + w),
-                ];
-                for nb in neighbours.into_iter().flatten() {
+                for nb in neighbours4(p, w, h) {
                     let l = self.labels[nb];
                     if l == NONE || l == claim {
                         continue;
@@ -430,6 +416,20 @@ impl Instances {
     }
 }
 
+/// The 4-neighbours of pixel `p` inside a `w`x`h` frame.
+#[inline]
+fn neighbours4(p: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = (p % w, p / w);
+    [
+        (x > 0).then(|| p - 1),
+        (x + 1 < w).then(|| p + 1),
+        (y > 0).then(|| p - w),
+        (y + 1 < h).then(|| p + w),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// 4-connected components of a binary mask, labelled 1..=n in raster order of first pixel.
 pub fn connected_components(fg: &[bool], w: usize, h: usize) -> Vec<u32> {
     let mut labels = vec![0u32; w * h];
@@ -443,14 +443,7 @@ pub fn connected_components(fg: &[bool], w: usize, h: usize) -> Vec<u32> {
         labels[start] = next;
         stack.push(start);
         while let Some(i) = stack.pop() {
-            let (x, y) = (i % w, i / w);
-            let neighbours = [
-                (x > 0).then(|| i - 1),
-                (x + 1 < w).then(|| i + 1),
-                (y > 0).then(|| i - w),
-                (y + 1 < h).then(|| i + w),
-            ];
-            for j in neighbours.into_iter().flatten() {
+            for j in neighbours4(i, w, h) {
                 if fg[j] && labels[j] == 0 {
                     labels[j] = next;
                     stack.push(j);

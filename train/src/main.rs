@@ -110,9 +110,13 @@ enum Command {
         /// Output ONNX path.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Export the last checkpoint instead of the best (by validation foreground Dice).
+        /// Export the last checkpoint instead of the best.
         #[arg(long)]
         last: bool,
+        /// The instance step's default growth (px, 0..=8) to write into the model
+        /// (`unet_edge.grow_px`) instead of the one the run chose on its validation images.
+        #[arg(long, value_name = "PX")]
+        grow: Option<usize>,
     },
     /// Write synthetic images and masks as one PNG sheet (images on top, masks below).
     Sheet {
@@ -216,7 +220,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Export { run, out, last } => training::export_run(&run, &out, last),
+        Command::Export {
+            run,
+            out,
+            last,
+            grow,
+        } => training::export_run(&run, &out, last, grow),
         Command::Sheet {
             out,
             count,

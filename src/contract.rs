@@ -21,6 +21,11 @@ pub const KEY_DIAMETER: &str = "unet_edge.nucleus_diameter_px";
 pub const KEY_GROW: &str = "unet_edge.grow_px";
 /// Largest accepted [`KEY_GROW`] (and `--grow`): beyond a few pixels growth is no correction.
 pub const MAX_GROW: usize = 8;
+
+/// The parser of the `--grow` flags (`segment`, `live`, `unet-train export`): 0..=[`MAX_GROW`].
+pub fn grow_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=MAX_GROW as u64)
+}
 /// Metadata key: the receptive-field-derived margin the runtime uses by default.
 pub const KEY_MARGIN: &str = "unet_edge.margin";
 /// Metadata key: what each output channel means, comma-separated, e.g. `foreground,core`.

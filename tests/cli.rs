@@ -535,6 +535,28 @@ fn a_negative_frame_rate_is_refused() {
 }
 
 #[test]
+fn a_growth_beyond_the_contract_is_refused_with_the_accepted_range() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let img = root.join("samples/synthetic-512.png");
+    let dir = tempfile::tempdir().unwrap();
+    let segment = [
+        "segment",
+        img.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--grow",
+        "9",
+    ];
+    for args in [&segment[..], &["--input", "synth:64x64", "--grow", "9"]] {
+        let o = util::run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--grow") && err.contains("0..=8"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn batch_tile_and_thread_counts_beyond_any_use_are_refused_by_name() {
     // Regression: --batch 100000 on a 4-tile image grew to 17.6 GB; --tile 1000000 panicked in tract.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

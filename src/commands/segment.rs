@@ -4,7 +4,7 @@ use crate::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use unet_edge::contract::{ModelMeta, MAX_GROW};
+use unet_edge::contract::{grow_parser, ModelMeta};
 use unet_edge::engine::segmenter::Segmenter;
 use unet_edge::io::imageio;
 use unet_edge::io::record::{nuclei_csv, FrameRecord, Origin};
@@ -51,7 +51,7 @@ pub struct NucleiArgs {
     /// a neighbour (0..=8). Defaults to the model's boundary correction (metadata
     /// `unet_edge.grow_px`, chosen on validation images; the shipped model's is in its card),
     /// or 0.
-    #[arg(long, value_name = "PX")]
+    #[arg(long, value_name = "PX", value_parser = grow_parser())]
     pub grow: Option<usize>,
 }
 
@@ -64,10 +64,8 @@ impl NucleiArgs {
         if !(0.0..=100.0).contains(&self.split_px) {
             bail!("--split-px {} is outside 0..100 px", self.split_px);
         }
+        // The flag's parser and the metadata reader both hold it to 0..=MAX_GROW.
         let grow = self.grow.unwrap_or(model.grow);
-        if grow > MAX_GROW {
-            bail!("--grow {grow} is outside 0..={MAX_GROW} px");
-        }
         Ok(InstanceConfig {
             min_area: self.min_area,
             h_rel: self.split,

@@ -115,7 +115,7 @@ enum Command {
         last: bool,
         /// The instance step's default growth (px, 0..=8) to write into the model
         /// (`unet_edge.grow_px`) instead of the one the run chose on its validation images.
-        #[arg(long, value_name = "PX")]
+        #[arg(long, value_name = "PX", value_parser = unet_edge::contract::grow_parser())]
         grow: Option<usize>,
     },
     /// Write synthetic images and masks as one PNG sheet (images on top, masks below).

@@ -855,12 +855,6 @@ pub fn export_run(dir: &Path, out: &Path, last: bool, grow: Option<usize>) -> Re
         })?)?;
     let mut state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
     let grow = grow.unwrap_or(state.best_grow);
-    if grow > unet_edge::contract::MAX_GROW {
-        bail!(
-            "--grow {grow} is outside 0..={} px",
-            unet_edge::contract::MAX_GROW
-        );
-    }
     if !last {
         // The metadata's step count is the exported checkpoint's, not the run's latest.
         state.step = state.best_step;

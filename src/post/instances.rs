@@ -418,7 +418,7 @@ impl Instances {
 
 /// The 4-neighbours of pixel `p` inside a `w`x`h` frame.
 #[inline]
-fn neighbours4(p: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+pub fn neighbours4(p: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
     let (x, y) = (p % w, p / w);
     [
         (x > 0).then(|| p - 1),

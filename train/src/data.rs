@@ -7,7 +7,7 @@ use unet_edge::engine::normalize::Normalization;
 use unet_edge::engine::tiling::reflect;
 use unet_edge::io::imageio::{list_images, load_gray, load_instance_masks};
 use unet_edge::post::distance::Edt;
-use unet_edge::post::instances::connected_components;
+use unet_edge::post::instances::{connected_components, neighbours4};
 use unet_edge::rng::Rng;
 use unet_edge::synth::{self, relabel_dense, Sample, SynthConfig};
 
@@ -471,17 +471,7 @@ fn displacement(rng: &mut Rng, t: usize, sigma: f32) -> (Vec<f32>, Vec<f32>) {
 pub fn separate_touching(labels: &mut [u16], w: usize, h: usize) {
     let touching = |i: usize| {
         let l = labels[i];
-        let (x, y) = (i % w, i / w);
-        l != 0
-            && [
-                (x > 0).then(|| i - 1),
-                (x + 1 < w).then(|| i + 1),
-                (y > 0).then(|| i - w),
-                (y + 1 < h).then(|| i + w),
-            ]
-            .into_iter()
-            .flatten()
-            .any(|j| labels[j] != 0 && labels[j] != l)
+        l != 0 && neighbours4(i, w, h).any(|j| labels[j] != 0 && labels[j] != l)
     };
     let seam: Vec<usize> = (0..w * h).filter(|&i| touching(i)).collect();
     for i in seam {

@@ -90,6 +90,8 @@ pub struct Instances {
     dist: Vec<f32>,
     labels: Vec<u32>,
     order: Vec<u32>,
+    /// Breadth-first queue of one level's pixels.
+    fifo: Vec<u32>,
     bucket: Vec<u32>,
     parent: Vec<u32>,
     peak: Vec<f32>,
@@ -106,6 +108,8 @@ const LEVELS_PER_PX: f32 = 8.0;
 /// Weight of the mask's own distance transform where the core channel says "not core".
 const RIM_FLOOR: f32 = 0.5;
 const NONE: u32 = u32::MAX;
+/// A pixel waiting in the flood's queue.
+const QUEUED: u32 = NONE - 1;
 
 impl Instances {
     /// A segmenter with no buffers yet.
@@ -123,6 +127,7 @@ impl Instances {
         self.dist.resize(n, 0.0);
         self.labels.resize(n, 0);
         self.order.resize(n, 0);
+        self.fifo.resize(n, 0);
         self.parent.resize(n, 0);
         self.peak.resize(n, 0.0);
         self.area.resize(n, 0);
@@ -249,53 +254,115 @@ impl Instances {
         for l in self.labels.iter_mut() {
             *l = NONE;
         }
-        for k in 0..fg {
-            let p = self.order[k] as usize;
-            let level = self.dist[p];
-            let mut best = NONE;
-            for nb in neighbours4(p, w, h) {
-                if self.labels[nb] == NONE {
-                    continue;
-                }
-                let r = self.find(self.labels[nb]);
-                if best == NONE {
-                    best = r;
-                    continue;
-                }
-                if r == best {
-                    continue;
-                }
-                let (pa, pb) = (self.peak[best as usize], self.peak[r as usize]);
-                let low = pa.min(pb);
-                let (aa, ab) = (self.area[best as usize], self.area[r as usize]);
-                let shallow = low - level < cfg.h_abs.max(cfg.h_rel * low);
-                let tiny = (aa.min(ab) as usize) < cfg.min_area / 3;
-                if shallow || tiny {
-                    // Merge the lower basin into the higher one.
-                    let (hi, lo) = if pa >= pb { (best, r) } else { (r, best) };
-                    self.parent[lo as usize] = hi;
-                    self.area[hi as usize] += self.area[lo as usize];
-                    best = hi;
-                } else if pb > pa {
-                    best = r;
+        // Level by level, highest first. Within a level, pixels are taken breadth-first from
+        // the basins already there, so a plateau is shared out by distance from each basin; in
+        // scan order one basin would run along a whole row or column of it first, and cut its
+        // neighbour with straight, axis-parallel lines.
+        let mut start = 0;
+        for k in (0..levels).rev() {
+            let end = self.bucket[k] as usize;
+            if end == start {
+                continue;
+            }
+            let (mut head, mut tail) = (0, 0);
+            for idx in start..end {
+                let p = self.order[idx] as usize;
+                if neighbours4(p, w, h).any(|nb| self.labels[nb] < QUEUED) {
+                    self.labels[p] = QUEUED;
+                    self.fifo[tail] = p as u32;
+                    tail += 1;
                 }
             }
-            if best == NONE {
-                let id = p as u32;
-                self.parent[p] = id;
-                self.peak[p] = level;
-                self.area[p] = 1;
-                self.labels[p] = id;
-            } else {
-                self.labels[p] = best;
-                self.area[best as usize] += 1;
+            for idx in start..=end {
+                // Pixels no basin reaches start their own (a new peak), then spread the same way.
+                while head < tail {
+                    let p = self.fifo[head] as usize;
+                    head += 1;
+                    self.settle(p, cfg);
+                    for nb in neighbours4(p, w, h) {
+                        if self.labels[nb] == NONE && mask[nb] != 0 && q(self.dist[nb]) == k {
+                            self.labels[nb] = QUEUED;
+                            self.fifo[tail] = nb as u32;
+                            tail += 1;
+                        }
+                    }
+                }
+                if idx < end {
+                    let p = self.order[idx] as usize;
+                    if self.labels[p] == NONE {
+                        self.labels[p] = QUEUED;
+                        self.fifo[tail] = p as u32;
+                        tail += 1;
+                    }
+                }
             }
+            start = end;
         }
+        debug_assert_eq!(start, fg);
         for i in 0..n {
             if self.labels[i] != NONE {
                 let r = self.find(self.labels[i]);
                 self.labels[i] = r;
             }
+        }
+    }
+
+    /// Gives foreground pixel `p` to the deepest basin among its labelled neighbours, merging
+    /// those whose lower peak is within the dynamics threshold of `p`'s level; with no labelled
+    /// neighbour, `p` starts a basin of its own.
+    fn settle(&mut self, p: usize, cfg: &InstanceConfig) {
+        let (w, h) = (self.width, self.height);
+        let level = self.dist[p];
+        let mut best = NONE;
+        for nb in neighbours4(p, w, h) {
+            if self.labels[nb] >= QUEUED {
+                continue;
+            }
+            let r = self.find(self.labels[nb]);
+            if best == NONE {
+                best = r;
+                continue;
+            }
+            if r == best {
+                continue;
+            }
+            let (pa, pb) = (self.peak[best as usize], self.peak[r as usize]);
+            let low = pa.min(pb);
+            let (aa, ab) = (self.area[best as usize], self.area[r as usize]);
+            let shallow = low - level < cfg.h_abs.max(cfg.h_rel * low);
+            let tiny = (aa.min(ab) as usize) < cfg.min_area / 3;
+            if shallow || tiny {
+                // Merge the lower basin into the higher one.
+                let (hi, lo) = if pa >= pb { (best, r) } else { (r, best) };
+                self.parent[lo as usize] = hi;
+                self.area[hi as usize] += self.area[lo as usize];
+                best = hi;
+            } else if pb > pa {
+                best = r;
+            }
+        }
+        if best == NONE {
+            let id = p as u32;
+            self.parent[p] = id;
+            self.peak[p] = level;
+            self.area[p] = 1;
+            self.labels[p] = id;
+        } else {
+            // Two basins that stay apart share their contact by steepest ascent: `p` joins the
+            // basin of its highest neighbour. Giving every contested pixel to the deeper basin
+            // instead lets that basin creep one pixel into its neighbour at each level below the
+            // saddle, which cuts the shallower nucleus with straight lines.
+            let mut top = best;
+            let mut top_level = f32::NEG_INFINITY;
+            for nb in neighbours4(p, w, h) {
+                if self.labels[nb] < QUEUED && self.dist[nb] > top_level {
+                    top_level = self.dist[nb];
+                    top = self.labels[nb];
+                }
+            }
+            let root = self.find(top);
+            self.labels[p] = root;
+            self.area[root as usize] += 1;
         }
     }
 
@@ -512,6 +579,40 @@ mod tests {
             inst.run(&single, None, &intensity, w, h, &InstanceConfig::default()),
             1
         );
+    }
+
+    /// Regression: the deeper basin took every pixel it shared with a shallower one, so it crept
+    /// into it level by level and cut it with straight lines (seen on real nuclei as
+    /// rectangular pieces). The cut between two touching disks must follow their contact.
+    #[test]
+    fn touching_nuclei_of_unequal_size_are_cut_along_their_contact() {
+        let (w, h) = (56, 56);
+        let a = (20.0, 20.0, 11.0);
+        // The old rule gave 72 and 114 pixels of these pairs to the wrong nucleus.
+        for b in [(32.0, 32.0, 9.0), (30.0, 34.0, 10.0)] {
+            let mut mask = vec![0u8; w * h];
+            disk(&mut mask, w, a.0, a.1, a.2);
+            disk(&mut mask, w, b.0, b.1, b.2);
+            let mut inst = Instances::new();
+            let cfg = InstanceConfig::default();
+            assert_eq!(inst.run(&mask, None, &vec![1.0; w * h], w, h, &cfg), 2);
+            let l = inst.labels();
+            let (la, lb) = (l[20 * w + 20], l[b.1 as usize * w + b.0 as usize]);
+            assert_ne!(la, lb);
+            // Each pixel belongs to the disk whose rim is farther away (the distance
+            // transform's own partition); pixels near that partition's line may go either way.
+            let mut wrong = 0;
+            for (i, &m) in mask.iter().enumerate() {
+                let (x, y) = ((i % w) as f32, (i / w) as f32);
+                let depth =
+                    |d: (f32, f32, f32)| d.2 - ((x - d.0).powi(2) + (y - d.1).powi(2)).sqrt();
+                let (da, db) = (depth(a), depth(b));
+                if m != 0 && (da - db).abs() > 1.5 && l[i] != if da > db { la } else { lb } {
+                    wrong += 1;
+                }
+            }
+            assert!(wrong <= 8, "{wrong} pixels given to the wrong nucleus");
+        }
     }
 
     #[test]

@@ -93,6 +93,10 @@ enum Command {
         /// cut touching nuclei apart (see the model card for what it measured so far).
         #[arg(long)]
         gap: bool,
+        /// Weight the core channel's BCE with the border weight map as well (--border-w0,
+        /// --border-sigma), so the core learns to stop short of where two nuclei touch.
+        #[arg(long)]
+        core_border: bool,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             outputs,
             core_weight,
             gap,
+            core_border,
             init_from,
             resume,
         } => {
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
                 synthetic_ratio,
                 patience,
                 frame_normalization,
+                core_border,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// normalizes a frame (runs before this option normalized each crop by itself).
     #[serde(default)]
     pub frame_normalization: bool,
+    /// The core channel's BCE carries the foreground's border weight map too, so the pixels
+    /// between touching nuclei (where merged predictions join their cores) weigh more.
+    #[serde(default)]
+    pub core_border: bool,
 }
 
 fn one() -> usize {
@@ -198,6 +202,7 @@ fn loss(
     cfg: &TrainConfig,
 ) -> Tensor<1> {
     let z = logits.clone().narrow(1, 0, 1);
+    let w_core = w.clone();
     let wsum = w.clone().sum();
     let mut l = (bce(z.clone(), y.clone()) * w).sum() / wsum;
     if cfg.dice_weight > 0.0 {
@@ -205,7 +210,12 @@ fn loss(
     }
     if cfg.outputs > 1 {
         let z1 = logits.narrow(1, 1, 1);
-        let core = bce(z1.clone(), c.clone()).mean() + dice_loss(z1, c) * cfg.dice_weight.max(0.5);
+        let core_bce = if cfg.core_border {
+            (bce(z1.clone(), c.clone()) * w_core.clone()).sum() / w_core.sum()
+        } else {
+            bce(z1.clone(), c.clone()).mean()
+        };
+        let core = core_bce + dice_loss(z1, c) * cfg.dice_weight.max(0.5);
         l = l + core * cfg.core_weight;
     }
     l
@@ -910,6 +920,7 @@ mod tests {
             synthetic_ratio: 0.0,
             patience: 0,
             frame_normalization: false,
+            core_border: false,
         }
     }
 
@@ -1039,5 +1050,32 @@ mod tests {
         assert!(lr_at(&c, 0) < lr_at(&c, 19));
         assert!((lr_at(&c, 20) - c.lr).abs() < 1e-6);
         assert!(lr_at(&c, 999) < c.lr * 0.05);
+    }
+
+    #[test]
+    fn core_border_weights_only_the_core_bce() {
+        let device = Device::flex();
+        let t4 = |v: Vec<f32>, c: usize| {
+            Tensor::<4>::from_data(TensorData::new(v, [1, c, 2, 2]), &device)
+        };
+        // The core logit is confidently wrong at pixel 3 (the "contact"), right elsewhere.
+        let logits = || t4(vec![2.0, 2.0, -2.0, -2.0, 3.0, 3.0, -3.0, 3.0], 2);
+        let (y, c) = (
+            || t4(vec![1.0, 1.0, 0.0, 0.0], 1),
+            || t4(vec![1.0, 1.0, 0.0, 0.0], 1),
+        );
+        let value = |w: Vec<f32>, core_border: bool| {
+            let mut cfg = tiny(1);
+            cfg.core_border = core_border;
+            let l = loss(logits(), y(), c(), t4(w, 1), &cfg);
+            l.into_data().try_to_vec::<f32>().unwrap()[0]
+        };
+        let flat = vec![1.0; 4];
+        assert!((value(flat.clone(), true) - value(flat, false)).abs() < 1e-6);
+        // Weighting the wrong pixel raises the loss only when the core BCE is weighted; the
+        // foreground is right everywhere, so its own weighting changes little.
+        let contact = vec![1.0, 1.0, 1.0, 9.0];
+        let (on, off) = (value(contact.clone(), true), value(contact, false));
+        assert!(on > off + 0.5, "core_border {on} vs plain {off}");
     }
 }

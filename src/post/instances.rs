@@ -307,9 +307,9 @@ impl Instances {
         }
     }
 
-    /// Gives foreground pixel `p` to the deepest basin among its labelled neighbours, merging
-    /// those whose lower peak is within the dynamics threshold of `p`'s level; with no labelled
-    /// neighbour, `p` starts a basin of its own.
+    /// Merges the basins around foreground pixel `p` whose lower peak is within the dynamics
+    /// threshold of `p`'s level, then gives `p` to the basin of its highest labelled neighbour;
+    /// with no labelled neighbour, `p` starts a basin of its own.
     fn settle(&mut self, p: usize, cfg: &InstanceConfig) {
         let (w, h) = (self.width, self.height);
         let level = self.dist[p];

@@ -192,8 +192,9 @@ fn dice_loss(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
     dice.neg() + 1.0
 }
 
-/// Foreground: BCE weighted per pixel plus soft Dice. Core channel (when the net has one): plain
-/// BCE plus soft Dice against the core target, times `core_weight`.
+/// Foreground: BCE weighted per pixel plus soft Dice. Core channel (when the net has one): BCE
+/// (weighted with the same map under `core_border`, else plain) plus soft Dice against the core
+/// target, times `core_weight`.
 fn loss(
     logits: Tensor<4>,
     y: Tensor<4>,
@@ -202,16 +203,16 @@ fn loss(
     cfg: &TrainConfig,
 ) -> Tensor<1> {
     let z = logits.clone().narrow(1, 0, 1);
-    let w_core = w.clone();
     let wsum = w.clone().sum();
-    let mut l = (bce(z.clone(), y.clone()) * w).sum() / wsum;
+    let weighted_bce = |z: Tensor<4>, t: Tensor<4>| (bce(z, t) * w.clone()).sum() / wsum.clone();
+    let mut l = weighted_bce(z.clone(), y.clone());
     if cfg.dice_weight > 0.0 {
         l = l + dice_loss(z, y) * cfg.dice_weight;
     }
     if cfg.outputs > 1 {
         let z1 = logits.narrow(1, 1, 1);
         let core_bce = if cfg.core_border {
-            (bce(z1.clone(), c.clone()) * w_core.clone()).sum() / w_core.sum()
+            weighted_bce(z1.clone(), c.clone())
         } else {
             bce(z1.clone(), c.clone()).mean()
         };

@@ -257,6 +257,38 @@ impl UNetWeights {
         Ok(w)
     }
 
+    /// The element-wise mean of several weight sets of one architecture: checkpoint averaging
+    /// (stochastic weight averaging, Izmailov et al. 2018), which evens out the
+    /// checkpoint-to-checkpoint noise at the end of a run.
+    pub fn average(sets: &[UNetWeights]) -> Result<UNetWeights> {
+        let first = sets.first().context("no weight sets to average")?;
+        first.validate()?;
+        for (i, s) in sets.iter().enumerate().skip(1) {
+            if s.spec != first.spec {
+                bail!(
+                    "weight set {} is {:?} but the first is {:?}: only one architecture can be averaged",
+                    i + 1,
+                    s.spec,
+                    first.spec
+                );
+            }
+            s.validate()?;
+        }
+        let mut out = first.clone();
+        let scale = 1.0 / sets.len() as f64;
+        for (k, layer) in out.layers.iter_mut().enumerate() {
+            let mean = |pick: &dyn Fn(&ConvLayer) -> &[f32], dst: &mut [f32]| {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let sum: f64 = sets.iter().map(|s| pick(&s.layers[k])[j] as f64).sum();
+                    *d = (sum * scale) as f32;
+                }
+            };
+            mean(&|l| &l.weight, &mut layer.weight);
+            mean(&|l| &l.bias, &mut layer.bias);
+        }
+        Ok(out)
+    }
+
     /// Checks every layer against the spec's shapes.
     pub fn validate(&self) -> Result<()> {
         let shapes = self.spec.layer_shapes();
@@ -566,6 +598,35 @@ mod tests {
         let spread = want.iter().copied().fold(f32::MIN, f32::max)
             - want.iter().copied().fold(f32::MAX, f32::min);
         assert!(spread > 0.01, "{spread}");
+    }
+
+    #[test]
+    fn average_is_the_element_wise_mean_and_refuses_other_architectures() {
+        let spec = UNetSpec {
+            base: 2,
+            depth: 1,
+            outputs: 2,
+        };
+        let (a, b, c) = (
+            spec.random_weights(1),
+            spec.random_weights(2),
+            spec.random_weights(3),
+        );
+        let m = UNetWeights::average(&[a.clone(), b.clone(), c.clone()]).unwrap();
+        for k in 0..a.layers.len() {
+            for j in 0..a.layers[k].weight.len() {
+                let want =
+                    (a.layers[k].weight[j] + b.layers[k].weight[j] + c.layers[k].weight[j]) / 3.0;
+                assert!((m.layers[k].weight[j] - want).abs() < 1e-6);
+            }
+            let want = (a.layers[k].bias[0] + b.layers[k].bias[0] + c.layers[k].bias[0]) / 3.0;
+            assert!((m.layers[k].bias[0] - want).abs() < 1e-6);
+        }
+        assert_eq!(UNetWeights::average(std::slice::from_ref(&a)).unwrap(), a);
+        let other = UNetSpec { outputs: 1, ..spec }.random_weights(4);
+        let e = UNetWeights::average(&[a, other]).unwrap_err().to_string();
+        assert!(e.contains("weight set 2"), "{e}");
+        assert!(UNetWeights::average(&[]).is_err());
     }
 
     #[test]

@@ -122,6 +122,17 @@ enum Command {
         #[arg(long, value_name = "PX", value_parser = unet_edge::contract::grow_parser())]
         grow: Option<usize>,
     },
+    /// Average the weights of several exported checkpoints of one network (e.g. a run's last
+    /// validations, exported with `export --last`) into one ONNX model: checkpoint averaging,
+    /// which evens out the noise between checkpoints. Validate the result like any model.
+    Average {
+        /// Output ONNX path.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Two or more ONNX models exported by this trainer with the same architecture.
+        #[arg(value_name = "IN.onnx", required = true, num_args = 2..)]
+        inputs: Vec<PathBuf>,
+    },
     /// Write synthetic images and masks as one PNG sheet (images on top, masks below).
     Sheet {
         /// Output PNG.
@@ -232,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             last,
             grow,
         } => training::export_run(&run, &out, last, grow),
+        Command::Average { out, inputs } => training::average_files(&inputs, &out),
         Command::Sheet {
             out,
             count,

@@ -874,6 +874,68 @@ pub fn export_run(dir: &Path, out: &Path, last: bool, grow: Option<usize>) -> Re
     export(&model, &cfg, &state, grow, out)
 }
 
+/// Averages the weights of exported checkpoints of one network (`unet-train average`) and writes
+/// them as one ONNX model. The metadata is the first input's, except that the trainer entry
+/// names the averaged steps and the validation entry, which described a single checkpoint, is
+/// dropped: an average has to be validated again (`unet-edge segment` + `eval`).
+pub fn average_files(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    let mut sets = Vec::with_capacity(inputs.len());
+    let mut first_props = None;
+    let mut steps = Vec::with_capacity(inputs.len());
+    for path in inputs {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let proto = unet_edge::onnx_writer::decode(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        sets.push(
+            UNetWeights::from_onnx(&proto)
+                .with_context(|| format!("reading U-Net weights from {}", path.display()))?,
+        );
+        let props: std::collections::BTreeMap<String, String> = proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        steps.push(
+            props
+                .get(KEY_TRAIN_STEPS)
+                .cloned()
+                .unwrap_or_else(|| "?".into()),
+        );
+        first_props.get_or_insert(props);
+    }
+    let avg = UNetWeights::average(&sets).with_context(|| {
+        format!(
+            "averaging {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let mut meta = ModelMeta::from_props(first_props.unwrap_or_default())
+        .with_context(|| format!("metadata of {}", inputs[0].display()))?;
+    let trainer = meta
+        .props
+        .get(KEY_TRAINER)
+        .cloned()
+        .unwrap_or_else(|| format!("unet-train {}", env!("CARGO_PKG_VERSION")));
+    meta.props.insert(
+        KEY_TRAINER.into(),
+        format!(
+            "{trainer}; weights averaged over {} checkpoints (steps {})",
+            inputs.len(),
+            steps.join(", ")
+        ),
+    );
+    meta.props.remove(KEY_VALIDATION);
+    if let Some(last) = steps.iter().filter_map(|s| s.parse::<usize>().ok()).max() {
+        meta.props.insert(KEY_TRAIN_STEPS.into(), last.to_string());
+    }
+    let proto = avg.to_onnx(&meta)?;
+    write_atomic(out, &unet_edge::onnx_writer::encode(&proto))
+}
+
 /// The best (or last) weights of a run, in the network its config describes.
 fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Result<UNet> {
     let device: Device = device.clone().into();
@@ -898,6 +960,69 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Resu
 mod tests {
     use super::*;
     use unet_edge::engine::model::Model;
+
+    #[test]
+    fn average_writes_the_mean_weights_and_says_which_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = UNetSpec {
+            base: 2,
+            depth: 1,
+            outputs: 2,
+        };
+        let mut paths = Vec::new();
+        let mut sets = Vec::new();
+        for (seed, step) in [(5u64, 250usize), (6, 500)] {
+            let w = spec.random_weights(seed);
+            let mut meta = ModelMeta::default();
+            meta.props.insert(KEY_TRAIN_STEPS.into(), step.to_string());
+            meta.props
+                .insert(KEY_VALIDATION.into(), "one checkpoint's figures".into());
+            let path = dir.path().join(format!("s{step}.onnx"));
+            std::fs::write(
+                &path,
+                unet_edge::onnx_writer::encode(&w.to_onnx(&meta).unwrap()),
+            )
+            .unwrap();
+            paths.push(path);
+            sets.push(w);
+        }
+        let out = dir.path().join("avg.onnx");
+        average_files(&paths, &out).unwrap();
+        let proto = unet_edge::onnx_writer::decode(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(
+            UNetWeights::from_onnx(&proto).unwrap(),
+            UNetWeights::average(&sets).unwrap()
+        );
+        let prop = |k: &str| {
+            proto
+                .metadata_props
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.clone())
+        };
+        let trainer = prop(KEY_TRAINER).unwrap();
+        assert!(
+            trainer.contains("averaged over 2 checkpoints (steps 250, 500)"),
+            "{trainer}"
+        );
+        assert_eq!(prop(KEY_VALIDATION), None);
+        assert_eq!(prop(KEY_TRAIN_STEPS).as_deref(), Some("500"));
+        // The averaged model runs in the runtime.
+        Model::from_path(&out).unwrap();
+
+        let other = UNetSpec { outputs: 1, ..spec }.random_weights(7);
+        let odd = dir.path().join("odd.onnx");
+        std::fs::write(
+            &odd,
+            unet_edge::onnx_writer::encode(&other.to_onnx(&ModelMeta::default()).unwrap()),
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            average_files(&[paths[0].clone(), odd], &out).unwrap_err()
+        );
+        assert!(e.contains("only one architecture"), "{e}");
+    }
 
     fn tiny(steps: usize) -> TrainConfig {
         TrainConfig {

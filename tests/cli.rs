@@ -307,7 +307,9 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("orphan"));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("OVERALL"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("OVERALL"));
+    assert!(out.contains("unmatched true nuclei: "), "{out}");
 }
 
 #[test]
@@ -335,6 +337,10 @@ fn eval_scores_a_missing_prediction_as_all_misses_and_says_so() {
     assert_eq!(e["overall"]["fn_"], 1);
     assert_eq!(e["image_mean"]["f1_at_0.5"], 0.5);
     assert_eq!(e["images"][1]["missing_prediction"], true);
+    // The skipped image's nucleus is missed; the done one is matched at its own size.
+    assert_eq!(e["overall"]["errors"]["missed"], 1);
+    assert_eq!(e["overall"]["errors"]["matched"], 1);
+    assert_eq!(e["overall"]["errors"]["matched_area_ratio"], 1.0);
 }
 
 #[test]

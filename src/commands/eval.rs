@@ -19,7 +19,8 @@ pub struct EvalArgs {
     /// (one mask per nucleus).
     #[arg(long, value_name = "DIR")]
     truth: PathBuf,
-    /// Print one JSON object (`overall`, `image_mean` and `images`) instead of a table.
+    /// Print one JSON object (`overall`, `image_mean` and `images`, each score with its `errors`
+    /// breakdown) instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -210,6 +211,19 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             "",
             mean.f1_at_05,
             mean.dsb2018_score
+        );
+        let e = &overall.errors;
+        println!(
+            "unmatched true nuclei: {} missed, {} merged with a neighbour, {} split, {} poor \
+             outline (IoU <= 0.5); {} spurious objects; matched masks' area {:.2}x the truth's \
+             (geometric mean of {} matches)",
+            e.missed,
+            e.merged,
+            e.split,
+            e.poor_outline,
+            e.spurious,
+            e.matched_area_ratio,
+            e.matched
         );
     }
     Ok(if failures > 0 { 1 } else { 0 })

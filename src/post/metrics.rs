@@ -2,7 +2,7 @@
 //! score (mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN)).
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// IoU thresholds of the DSB2018 score.
 pub const DSB_THRESHOLDS: [f32; 10] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
@@ -36,10 +36,38 @@ pub struct Scores {
     pub ap_at_05: f64,
     /// Mean over the DSB thresholds of TP / (TP + FP + FN).
     pub dsb2018_score: f64,
+    /// What became of the true nuclei without a match, and how matched masks compare in size.
+    pub errors: ErrorBreakdown,
     #[serde(skip)]
     pixels: PixelOverlap,
     #[serde(skip)]
     tp_at: [usize; 10],
+    #[serde(skip)]
+    log_area_ratio: f64,
+}
+
+/// Why nuclei went unmatched at IoU 0.5, and whether matched masks run inside or outside the
+/// annotated outlines: what tells a user which setting to change (`--split` for merges and
+/// splits, `--grow` or the threshold for a size bias, the threshold for misses and spurious
+/// objects). Counts add up over images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ErrorBreakdown {
+    /// True nuclei less than half covered by the prediction's foreground.
+    pub missed: usize,
+    /// True nuclei mostly covered by one predicted object that also covers most of another.
+    pub merged: usize,
+    /// True nuclei that hold most of two or more predicted objects.
+    pub split: usize,
+    /// Other unmatched true nuclei: found, but with IoU 0.5 or less (a poor outline).
+    pub poor_outline: usize,
+    /// Predicted objects with less than half of their area on annotated nuclei.
+    pub spurious: usize,
+    /// Matched pairs (IoU > 0.5).
+    pub matched: usize,
+    /// Geometric mean over matched pairs of predicted area / true area: below 1 the masks run
+    /// inside the annotated outlines (a `--grow` or a lower threshold may fit them), above 1
+    /// outside; 1 when nothing matched.
+    pub matched_area_ratio: f64,
 }
 
 /// Foreground pixel counts of a prediction against a reference, pooled over any number of
@@ -122,19 +150,69 @@ impl Scores {
         // IoU > 0.5 makes a pair unique on both sides, so the matching at every DSB threshold is
         // just the pairs above it.
         let mut tp_at = [0usize; 10];
+        let mut log_area_ratio = 0.0;
+        let mut matched_t: HashSet<u32> = Default::default();
+        // Per true nucleus: pixels covered by any prediction, and predicted objects that lie
+        // mostly inside it; per predicted object: true nuclei it covers mostly, and its pixels on
+        // any true nucleus.
+        let mut covered_t: HashMap<u32, u64> = HashMap::new();
+        let mut owned_by_t: HashMap<u32, usize> = HashMap::new();
+        let mut mostly_covers: HashMap<u32, usize> = HashMap::new();
+        let mut on_truth_p: HashMap<u32, u64> = HashMap::new();
         for (&(p, t), &i) in &inter {
-            let iou = i as f64 / (area_p[&p] + area_t[&t] - i) as f64;
+            let (ap, at) = (area_p[&p], area_t[&t]);
+            let iou = i as f64 / (ap + at - i) as f64;
             for (k, &th) in DSB_THRESHOLDS.iter().enumerate() {
                 if iou > th as f64 {
                     tp_at[k] += 1;
                 }
             }
+            if iou > 0.5 {
+                log_area_ratio += (ap as f64 / at as f64).ln();
+                matched_t.insert(t);
+            }
+            *covered_t.entry(t).or_default() += i;
+            *on_truth_p.entry(p).or_default() += i;
+            if 2 * i >= ap {
+                *owned_by_t.entry(t).or_default() += 1;
+            }
+            if 2 * i >= at {
+                *mostly_covers.entry(p).or_default() += 1;
+            }
         }
+        let merged_t: HashSet<u32> = inter
+            .iter()
+            .filter(|(&(p, t), &i)| {
+                2 * i >= area_t[&t] && mostly_covers.get(&p).copied().unwrap_or(0) >= 2
+            })
+            .map(|(&(_, t), _)| t)
+            .collect();
+        let mut errors = ErrorBreakdown::default();
+        for (&t, &at) in &area_t {
+            if matched_t.contains(&t) {
+                continue;
+            }
+            if 2 * covered_t.get(&t).copied().unwrap_or(0) < at {
+                errors.missed += 1;
+            } else if merged_t.contains(&t) {
+                errors.merged += 1;
+            } else if owned_by_t.get(&t).copied().unwrap_or(0) >= 2 {
+                errors.split += 1;
+            } else {
+                errors.poor_outline += 1;
+            }
+        }
+        errors.spurious = area_p
+            .iter()
+            .filter(|(p, &ap)| 2 * on_truth_p.get(p).copied().unwrap_or(0) < ap)
+            .count();
         let mut s = Scores {
             n_pred: area_p.len(),
             n_true: area_t.len(),
+            errors,
             pixels,
             tp_at,
+            log_area_ratio,
             ..Default::default()
         };
         s.finish();
@@ -149,6 +227,13 @@ impl Scores {
         for k in 0..10 {
             self.tp_at[k] += o.tp_at[k];
         }
+        let (e, f) = (&mut self.errors, &o.errors);
+        e.missed += f.missed;
+        e.merged += f.merged;
+        e.split += f.split;
+        e.poor_outline += f.poor_outline;
+        e.spurious += f.spurious;
+        self.log_area_ratio += o.log_area_ratio;
         self.finish();
     }
 
@@ -165,6 +250,12 @@ impl Scores {
         self.f1_at_05 = ratio(2.0 * self.tp as f64, np + nt);
         self.ap_at_05 = ap(self.tp);
         self.dsb2018_score = self.tp_at.iter().map(|&t| ap(t)).sum::<f64>() / 10.0;
+        self.errors.matched = self.tp;
+        self.errors.matched_area_ratio = if self.tp > 0 {
+            (self.log_area_ratio / self.tp as f64).exp()
+        } else {
+            1.0
+        };
     }
 }
 
@@ -254,6 +345,80 @@ mod tests {
         // One object covering both squares: IoU 0.5 with each, so no match.
         assert_eq!((s.tp, s.fp, s.fn_), (0, 1, 2));
         assert_eq!(s.dsb2018_score, 0.0);
+        assert_eq!(
+            (s.errors.merged, s.errors.split, s.errors.missed),
+            (2, 0, 0)
+        );
+        assert_eq!((s.errors.matched, s.errors.matched_area_ratio), (0, 1.0));
+    }
+
+    #[test]
+    fn breakdown_names_each_kind_of_error_and_the_size_bias() {
+        // Four true 4x4 squares in a row on a 24x6 canvas (ids 1..=4, 2 px apart).
+        let (w, h) = (24, 6);
+        let mut truth = vec![0u32; w * h];
+        for y in 1..5 {
+            for q in 0..4 {
+                for x in 0..4 {
+                    truth[y * w + 1 + q * 6 + x] = q as u32 + 1;
+                }
+            }
+        }
+        let mut pred = vec![0u32; w * h];
+        for y in 1..5 {
+            // 1: split into two 4x2 halves; 2: only its inner 2x2 found (a quarter covered:
+            // missed); 3: missed; 4: matched with one column more (IoU 0.8, area ratio 20/16);
+            // plus a spurious one-pixel object in the top-left corner.
+            for x in 1..3 {
+                pred[y * w + x] = 10;
+            }
+            for x in 3..5 {
+                pred[y * w + x] = 11;
+            }
+            if (2..4).contains(&y) {
+                for x in 8..10 {
+                    pred[y * w + x] = 12;
+                }
+            }
+            for x in 19..24 {
+                pred[y * w + x] = 13;
+            }
+        }
+        pred[0] = 14;
+        let s = Scores::compare(&pred, &truth);
+        let e = s.errors;
+        assert_eq!(
+            (
+                e.missed,
+                e.merged,
+                e.split,
+                e.poor_outline,
+                e.spurious,
+                e.matched
+            ),
+            (2, 0, 1, 0, 1, 1),
+            "{e:?}"
+        );
+        assert!((e.matched_area_ratio - 1.25).abs() < 1e-12);
+        // Nucleus 2 whole inside an object twice its size (IoU 0.5): found, poor outline.
+        let mut loose = pred.clone();
+        for y in 1..5 {
+            for x in 5..13 {
+                loose[y * w + x] = 12;
+            }
+        }
+        let e = Scores::compare(&loose, &truth).errors;
+        assert_eq!(
+            (e.missed, e.poor_outline, e.spurious, e.matched),
+            (1, 1, 1, 1),
+            "{e:?}"
+        );
+        // Pooled: counts add, the ratio is the geometric mean over all matches.
+        let mut all = Scores::default();
+        all.accumulate(&s);
+        all.accumulate(&Scores::compare(&truth, &truth));
+        assert_eq!((all.errors.split, all.errors.matched), (1, 5));
+        assert!((all.errors.matched_area_ratio - 1.25f64.powf(0.2)).abs() < 1e-12);
     }
 
     #[test]

@@ -257,6 +257,8 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
         "32",
     ]);
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // A foreground-only model has no core map to write.
+    assert!(!out.join("a.core.png").exists());
     let n = j["nuclei"].as_u64().unwrap() as usize;
     assert!(j["nuclei_whole"].as_u64().unwrap() as usize <= n);
     assert!(j["mean_area_px"].as_f64().unwrap() >= 0.0);
@@ -652,7 +654,7 @@ fn bad_tiling_metadata_is_blamed_on_the_model_not_on_a_flag() {
 }
 
 #[test]
-fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
+fn segment_removes_temporaries_a_killed_run_left_and_writes_all_its_outputs() {
     // Regression: a SIGKILL between writing and renaming left `.x.mask.png.tmp-PID` files for
     // good. A later run removes those of processes that no longer exist.
     let dir = tempfile::tempdir().unwrap();
@@ -683,6 +685,7 @@ fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
     assert_eq!(
         names,
         [
+            "x.core.png",
             "x.labels.png",
             "x.mask.png",
             "x.nuclei.csv",
@@ -690,6 +693,9 @@ fn segment_removes_temporaries_a_killed_run_left_and_writes_all_five_outputs() {
             "x.prob.png"
         ]
     );
+    // The embedded model has a core channel; its map is written at the frame's size.
+    let core = image::open(out.join("x.core.png")).unwrap().to_luma8();
+    assert_eq!(core.dimensions(), (32, 32));
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub struct SegmentArgs {
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
     /// Output directory (created if missing); for `X.png` writes `X.mask.png`, `X.prob.png`,
-    /// `X.overlay.png`, `X.labels.png` (16-bit nucleus ids) and `X.nuclei.csv`.
+    /// `X.overlay.png`, `X.labels.png` (16-bit nucleus ids), `X.nuclei.csv` and, for a model with
+    /// a core channel (the default), `X.core.png` (its probability, 0-255).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Foreground threshold on the probability; defaults to the model's.
@@ -206,20 +207,29 @@ fn segment_one(
     }
     let summary = inst.summary();
     let name = stem(path);
-    let prob: Vec<u8> = seg
-        .prob()
-        .iter()
-        .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
+    let to_u8 = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    };
+    let prob = to_u8(seg.prob());
     let mask_path = out.join(format!("{name}.mask.png"));
     let labels: Vec<u16> = inst.labels().iter().map(|&l| l as u16).collect();
-    // All five files or none: a disk that fills midway leaves no image with part of its results
+    // All the files or none: a disk that fills midway leaves no image with part of its results
     // (which `eval` would score). The labels, what `eval` reads first, go into place last.
     let mut files = imageio::OutputSet::default();
     files.stage(
         &out.join(format!("{name}.prob.png")),
         &imageio::png_gray8(w, h, prob)?,
     )?;
+    if let Some(core) = seg.core() {
+        // Where the network sees nucleus interiors: the seeds of the split, so merged nuclei
+        // show here whether the network joined them or the flood did.
+        files.stage(
+            &out.join(format!("{name}.core.png")),
+            &imageio::png_gray8(w, h, to_u8(core))?,
+        )?;
+    }
     let mut csv = String::new();
     nuclei_csv(&mut csv, inst.nuclei());
     files.stage(&out.join(format!("{name}.nuclei.csv")), csv.as_bytes())?;

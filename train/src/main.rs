@@ -97,6 +97,11 @@ enum Command {
         /// --border-sigma), so the core learns to stop short of where two nuclei touch.
         #[arg(long)]
         core_border: bool,
+        /// Dropout between the two convolutions of each level, as a multiple of the Keras
+        /// DSB2018 tutorial's rates (0.1 on the upper levels, 0.2 on the lower, 0.3 at the
+        /// bottleneck): 1 is the tutorial's, 0 none. Training only; the exported model has none.
+        #[arg(long, value_name = "SCALE", default_value_t = 0.0, value_parser = dropout_scale)]
+        dropout: f32,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -165,6 +170,16 @@ enum Command {
     },
 }
 
+/// `--dropout`: a scale that keeps every rate (at most 0.3 x scale) below 0.9.
+fn dropout_scale(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=3.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a dropout scale in 0..=3 (1 = the tutorial's rates)"
+        )),
+    }
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -197,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             core_weight,
             gap,
             core_border,
+            dropout,
             init_from,
             resume,
         } => {
@@ -222,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                 patience,
                 frame_normalization,
                 core_border,
+                dropout,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

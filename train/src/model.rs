@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::Distribution;
 use unet_edge::unet::{ConvLayer, UNetSpec, UNetWeights};
 
 /// U-Net whose forward pass returns logits `[N,C,H,W]`; the exported graph adds the sigmoid.
@@ -110,25 +111,54 @@ impl UNet {
 
     /// Logits for a normalized `[N,1,H,W]` batch (H, W multiples of 2^depth).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_dropout(x, 0.0)
+    }
+
+    /// [`UNet::forward`] with dropout between the two convolutions of every level, for training:
+    /// the Keras DSB2018 tutorial's rates (0.1 on the upper half of the levels, 0.2 on the lower,
+    /// 0.3 at the bottleneck, the decoder as its encoder level) times `scale`; 0 is no dropout.
+    pub fn forward_dropout(&self, x: Tensor<4>, scale: f32) -> Tensor<4> {
+        let depth = self.depth;
+        let rate = |level: usize| -> f32 {
+            scale
+                * if level == depth {
+                    0.3
+                } else if 2 * level < depth {
+                    0.1
+                } else {
+                    0.2
+                }
+        };
+        let drop = |x: Tensor<4>, p: f32| -> Tensor<4> {
+            if p <= 0.0 {
+                return x;
+            }
+            let keep = 1.0 - f64::from(p.min(0.9));
+            let mask = x.random_like(Distribution::Bernoulli(keep));
+            x * mask * (1.0 / keep)
+        };
         let mut convs = self.convs.iter();
         let mut cr = |x: Tensor<4>| relu(convs.next().expect("layer").forward(x));
         let mut x = x;
-        let mut skips = Vec::with_capacity(self.depth);
-        for _ in 0..self.depth {
+        let mut skips = Vec::with_capacity(depth);
+        for level in 0..depth {
             x = cr(x);
+            x = drop(x, rate(level));
             x = cr(x);
             skips.push(x.clone());
             x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
         }
         x = cr(x);
+        x = drop(x, rate(depth));
         x = cr(x);
-        for skip in skips.into_iter().rev() {
+        for (level, skip) in skips.into_iter().enumerate().rev() {
             let up = interpolate(
                 x,
                 InterpolateOptions::new(InterpolateMode::Nearest).with_scale_factor([2.0, 2.0]),
             );
             x = Tensor::cat(vec![up, skip], 1);
             x = cr(x);
+            x = drop(x, rate(level));
             x = cr(x);
         }
         self.convs.last().expect("head").forward(x)

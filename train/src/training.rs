@@ -1055,8 +1055,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn dropout_acts_in_training_only_and_keeps_the_scale() {
+    /// A two-level, two-output net with fresh weights and a seeded batch of two 32x32 inputs.
+    fn small_net_and_batch(seed: u64) -> (Device, UNet, Vec<f32>, usize, usize) {
         let device = Device::flex();
         let spec = UNetSpec {
             base: 4,
@@ -1064,9 +1064,15 @@ mod tests {
             outputs: 2,
         };
         let model = UNet::new(spec, &device);
-        let mut rng = Rng::new(12);
+        let mut rng = Rng::new(seed);
         let (n, t) = (2, 32);
         let x: Vec<f32> = (0..n * t * t).map(|_| rng.normal()).collect();
+        (device, model, x, n, t)
+    }
+
+    #[test]
+    fn dropout_acts_in_training_only_and_keeps_the_scale() {
+        let (device, model, x, n, t) = small_net_and_batch(12);
         let run = |scale: f32| {
             channel(
                 model.forward_dropout(to_tensor(x.clone(), n, t, &device), scale),
@@ -1096,16 +1102,7 @@ mod tests {
 
     #[test]
     fn burn_forward_matches_tract_on_the_exported_onnx() {
-        let device = Device::flex();
-        let spec = UNetSpec {
-            base: 4,
-            depth: 2,
-            outputs: 2,
-        };
-        let model = UNet::new(spec, &device);
-        let mut rng = Rng::new(11);
-        let (n, t) = (2, 32);
-        let x: Vec<f32> = (0..n * t * t).map(|_| rng.normal()).collect();
+        let (device, model, x, n, t) = small_net_and_batch(11);
         let burn_out = sigmoid(model.forward(to_tensor(x.clone(), n, t, &device)))
             .into_data()
             .try_to_vec::<f32>()

@@ -884,28 +884,23 @@ pub fn export_run(dir: &Path, out: &Path, last: bool, grow: Option<usize>) -> Re
 /// dropped: an average has to be validated again (`unet-edge segment` + `eval`).
 pub fn average_files(inputs: &[PathBuf], out: &Path) -> Result<()> {
     let mut sets = Vec::with_capacity(inputs.len());
-    let mut first_props = None;
+    let mut first_meta = None;
     let mut steps = Vec::with_capacity(inputs.len());
     for path in inputs {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let proto = unet_edge::onnx_writer::decode(&bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let model = unet_edge::engine::model::Model::from_path(path)?;
         sets.push(
-            UNetWeights::from_onnx(&proto)
+            UNetWeights::from_onnx(model.proto())
                 .with_context(|| format!("reading U-Net weights from {}", path.display()))?,
         );
-        let props: std::collections::BTreeMap<String, String> = proto
-            .metadata_props
-            .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
-            .collect();
         steps.push(
-            props
+            model
+                .meta
+                .props
                 .get(KEY_TRAIN_STEPS)
                 .cloned()
                 .unwrap_or_else(|| "?".into()),
         );
-        first_props.get_or_insert(props);
+        first_meta.get_or_insert(model.meta);
     }
     let avg = UNetWeights::average(&sets).with_context(|| {
         format!(
@@ -917,8 +912,7 @@ pub fn average_files(inputs: &[PathBuf], out: &Path) -> Result<()> {
                 .join(", ")
         )
     })?;
-    let mut meta = ModelMeta::from_props(first_props.unwrap_or_default())
-        .with_context(|| format!("metadata of {}", inputs[0].display()))?;
+    let mut meta = first_meta.unwrap_or_default();
     let trainer = meta
         .props
         .get(KEY_TRAINER)

@@ -40,6 +40,7 @@ fn main() -> Result<()> {
                 batch: 1,
                 threads: 2,
                 threshold: model.meta.threshold,
+                tta: 1,
             };
             let mut seg = Segmenter::new(model, cfg)?;
             let (

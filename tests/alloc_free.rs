@@ -65,39 +65,43 @@ fn frame(seed: u64, w: usize, h: usize) -> Vec<f32> {
 #[test]
 fn frame_loop_allocates_nothing_after_the_first_frame() {
     let _g = LOCK.lock().unwrap();
-    let (tile, batch) = (64, 2);
-    let backend = BoxFilter {
-        tile,
-        batch,
-        input: vec![0.0; batch * tile * tile],
-        output: vec![0.0; batch * tile * tile],
-    };
-    let cfg = SegmentConfig {
-        tile,
-        margin: 8,
-        batch,
-        threads: 1,
-        threshold: 0.5,
-    };
-    let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
-    let (w, h) = (300, 173);
-    let frames: Vec<Vec<f32>> = (0..21).map(|i| frame(i, w, h)).collect();
-    seg.segment(&frames[0], w, h).unwrap();
-    let (fg, allocs, bytes) = count(|| {
-        let mut fg = 0.0;
-        for f in &frames[1..] {
-            seg.segment(f, w, h).unwrap();
-            fg += seg.foreground_fraction();
-        }
-        fg
-    });
-    assert_eq!(
-        (allocs, bytes),
-        (0, 0),
-        "the frame loop allocated {allocs} blocks / {bytes} bytes over 20 frames"
-    );
-    // The loop did real work: about half the pixels of uniform noise are above the box mean.
-    assert!(fg > 1.0 && fg < 19.0, "{fg}");
+    // --tta 4 adds a mirrored copy of the frame and two sums: sized once, like the rest.
+    for tta in [1, 4] {
+        let (tile, batch) = (64, 2);
+        let backend = BoxFilter {
+            tile,
+            batch,
+            input: vec![0.0; batch * tile * tile],
+            output: vec![0.0; batch * tile * tile],
+        };
+        let cfg = SegmentConfig {
+            tile,
+            margin: 8,
+            batch,
+            threads: 1,
+            threshold: 0.5,
+            tta,
+        };
+        let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
+        let (w, h) = (300, 173);
+        let frames: Vec<Vec<f32>> = (0..21).map(|i| frame(i, w, h)).collect();
+        seg.segment(&frames[0], w, h).unwrap();
+        let (fg, allocs, bytes) = count(|| {
+            let mut fg = 0.0;
+            for f in &frames[1..] {
+                seg.segment(f, w, h).unwrap();
+                fg += seg.foreground_fraction();
+            }
+            fg
+        });
+        assert_eq!(
+            (allocs, bytes),
+            (0, 0),
+            "the frame loop allocated {allocs} blocks / {bytes} bytes over 20 frames (tta {tta})"
+        );
+        // The loop did real work: about half the pixels of uniform noise are above the box mean.
+        assert!(fg > 1.0 && fg < 19.0, "{fg}");
+    }
 }
 
 #[test]
@@ -115,6 +119,7 @@ fn counter_sees_allocations_when_the_frame_size_changes() {
         batch: 1,
         threads: 1,
         threshold: 0.5,
+        tta: 1,
     };
     let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
     seg.segment(&frame(0, 50, 50), 50, 50).unwrap();

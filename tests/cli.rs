@@ -574,6 +574,7 @@ fn batch_tile_and_thread_counts_beyond_any_use_are_refused_by_name() {
         ("--batch", "100000"),
         ("--tile", "1000000"),
         ("--threads", "5000"),
+        ("--tta", "3"),
     ] {
         let o = util::run(&[
             "segment",
@@ -590,6 +591,30 @@ fn batch_tile_and_thread_counts_beyond_any_use_are_refused_by_name() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn tta_runs_mirrored_passes_and_keeps_the_segmentation() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let img = root.join("samples/synthetic-512.png");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nuclei = Vec::new();
+    for tta in ["1", "4"] {
+        let out = dir.path().join(tta);
+        let stdout = util::run_ok(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tta",
+            tta,
+        ]);
+        let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        nuclei.push(j["nuclei"].as_u64().unwrap() as f64);
+    }
+    // Averaging mirrored passes smooths outlines; it must not change what is found.
+    assert!(nuclei[0] > 20.0, "{nuclei:?}");
+    assert!((nuclei[1] / nuclei[0] - 1.0).abs() < 0.1, "{nuclei:?}");
 }
 
 #[test]

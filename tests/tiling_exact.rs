@@ -17,6 +17,7 @@ fn tiled_equals_whole_frame_for_small_receptive_field() {
             batch,
             threads,
             threshold: 0.5,
+            tta: 1,
         };
         let mut seg = Segmenter::new(&model, cfg).unwrap();
         for (w, h) in [(300, 173), (1000, 37), (64, 64), (1, 1), (33, 1)] {
@@ -48,6 +49,7 @@ fn margin_too_small_for_receptive_field_is_detected_by_the_same_check() {
         batch: 1,
         threads: 1,
         threshold: 0.5,
+        tta: 1,
     };
     let mut seg = Segmenter::new(&model, cfg).unwrap();
     let (w, h) = (100, 70);

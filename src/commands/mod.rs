@@ -30,6 +30,7 @@ pub fn load(run: &RunArgs, threshold: Option<f32>) -> Result<(Model, SegmentConf
     }
     cfg.batch = run.batch;
     cfg.threads = run.threads;
+    cfg.tta = run.tta;
     cfg.validate().map_err(|e| {
         // Values the user did not pass came from the model: say so, with the metadata keys.
         let mut from_model = Vec::new();

@@ -20,6 +20,8 @@ pub const MAX_TILE: usize = 2048;
 pub const MAX_BATCH: usize = 64;
 /// Most worker threads accepted (`--threads`).
 pub const MAX_THREADS: usize = 64;
+/// The accepted `--tta` values: how many mirrored copies of a frame run.
+pub const TTA_CHOICES: [usize; 3] = [1, 2, 4];
 
 /// How frames are cut and run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,6 +36,9 @@ pub struct SegmentConfig {
     pub threads: usize,
     /// Foreground threshold on the probability.
     pub threshold: f32,
+    /// Test-time augmentation: the frame runs this many times, mirrored (1 = as is, 2 = also
+    /// left-right, 4 = also top-bottom and both), and the probabilities are averaged.
+    pub tta: usize,
 }
 
 impl SegmentConfig {
@@ -52,6 +57,7 @@ impl SegmentConfig {
             batch: 1,
             threads: 1,
             threshold: model.meta.threshold,
+            tta: 1,
         }
     }
 }
@@ -63,7 +69,7 @@ pub struct FrameTiming {
     pub tiles: usize,
     /// Wall time of the whole frame (normalize, tiles, stitch, mask), ms.
     pub frame_ms: f32,
-    /// Mean model time per tile, ms.
+    /// Mean model time per tile (all `--tta` passes of it), ms.
     pub ms_per_tile: f32,
     /// Median model time per tile, ms.
     pub ms_per_tile_p50: f32,
@@ -114,6 +120,11 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
     prob: Vec<f32>,
     /// Stitched `core` channel, when the model has one (else empty).
     core: Vec<f32>,
+    /// With `tta` > 1: the mirrored input of the current pass, and the sums of the passes'
+    /// probabilities and core channels (else empty).
+    mirrored: Vec<f32>,
+    prob_sum: Vec<f32>,
+    core_sum: Vec<f32>,
     mask: Vec<u8>,
     tile_ms: Vec<f32>,
 }
@@ -174,6 +185,13 @@ impl SegmentConfig {
         if self.threads > MAX_THREADS {
             bail!("--threads {}: at most {MAX_THREADS}", self.threads);
         }
+        if !TTA_CHOICES.contains(&self.tta) {
+            bail!(
+                "--tta {}: choose 1 (no mirroring), 2 (left-right) or 4 (left-right, top-bottom \
+                 and both)",
+                self.tta
+            );
+        }
         if !(0.0..=1.0).contains(&self.threshold) {
             bail!("--threshold {} is outside 0..1", self.threshold);
         }
@@ -230,6 +248,9 @@ impl<B: TileBackend> Segmenter<B> {
             scratch: Vec::new(),
             prob: Vec::new(),
             core: Vec::new(),
+            mirrored: Vec::new(),
+            prob_sum: Vec::new(),
+            core_sum: Vec::new(),
             mask: Vec::new(),
             tile_ms: Vec::new(),
         })
@@ -251,8 +272,16 @@ impl<B: TileBackend> Segmenter<B> {
             let n = width * height;
             self.normalized.resize(n, 0.0);
             self.prob.resize(n, 0.0);
-            if self.meta.core_channel().is_some() {
+            let has_core = self.meta.core_channel().is_some();
+            if has_core {
                 self.core.resize(n, 0.0);
+            }
+            if self.cfg.tta > 1 {
+                self.mirrored.resize(n, 0.0);
+                self.prob_sum.resize(n, 0.0);
+                if has_core {
+                    self.core_sum.resize(n, 0.0);
+                }
             }
             self.mask.resize(n, 0);
             self.tile_ms.resize(grid.len(), 0.0);
@@ -276,10 +305,30 @@ impl<B: TileBackend> Segmenter<B> {
         self.meta
             .normalization
             .apply(frame, &mut self.normalized, &mut self.scratch);
-        self.run_tiles()?;
-        if self.meta.output == OutputKind::Logits {
-            for p in self.prob.iter_mut().chain(self.core.iter_mut()) {
-                *p = 1.0 / (1.0 + (-*p).exp());
+        self.tile_ms.iter_mut().for_each(|t| *t = 0.0);
+        if self.cfg.tta == 1 {
+            self.run_tiles(false)?;
+            self.apply_sigmoid();
+        } else {
+            self.prob_sum.iter_mut().for_each(|p| *p = 0.0);
+            self.core_sum.iter_mut().for_each(|p| *p = 0.0);
+            for flip in 0..self.cfg.tta {
+                mirror(&self.normalized, &mut self.mirrored, width, height, flip);
+                self.run_tiles(true)?;
+                self.apply_sigmoid();
+                // Mirroring is its own inverse: reading the pass's output through the same flip
+                // puts every pixel back where it came from.
+                add_mirrored(&self.prob, &mut self.prob_sum, width, height, flip);
+                if !self.core.is_empty() {
+                    add_mirrored(&self.core, &mut self.core_sum, width, height, flip);
+                }
+            }
+            let scale = 1.0 / self.cfg.tta as f32;
+            for (p, s) in self.prob.iter_mut().zip(&self.prob_sum) {
+                *p = s * scale;
+            }
+            for (p, s) in self.core.iter_mut().zip(&self.core_sum) {
+                *p = s * scale;
             }
         }
         let thr = self.cfg.threshold;
@@ -300,7 +349,18 @@ impl<B: TileBackend> Segmenter<B> {
         Ok(self.timing(frame_ms))
     }
 
-    fn run_tiles(&mut self) -> Result<()> {
+    /// Logit models: turns the stitched maps into probabilities (averaging passes needs them).
+    fn apply_sigmoid(&mut self) {
+        if self.meta.output == OutputKind::Logits {
+            for p in self.prob.iter_mut().chain(self.core.iter_mut()) {
+                *p = 1.0 / (1.0 + (-*p).exp());
+            }
+        }
+    }
+
+    /// Runs every tile of the normalized frame, or of its mirrored copy, into `prob`/`core`;
+    /// each tile's model time adds to its `tile_ms` slot.
+    fn run_tiles(&mut self, from_mirrored: bool) -> Result<()> {
         let grid = self.grid.as_ref().expect("prepared");
         let n = grid.len();
         let threads = self.runners.len().min(n.div_ceil(self.cfg.batch)).max(1);
@@ -313,7 +373,11 @@ impl<B: TileBackend> Segmenter<B> {
                 .core_channel()
                 .map(|c| (self.core.as_mut_ptr(), c)),
         };
-        let normalized = &self.normalized;
+        let normalized = if from_mirrored {
+            &self.mirrored
+        } else {
+            &self.normalized
+        };
         let runners = Runners(self.runners.as_mut_ptr());
         let job = move |i: usize| {
             // SAFETY: Workers::run calls each index once, and there are `threads` runners.
@@ -380,6 +444,33 @@ impl<B: TileBackend> Segmenter<B> {
     }
 }
 
+/// Copies `src` into `dst` mirrored left-right when bit 0 of `flip` is set and top-bottom when
+/// bit 1 is.
+fn mirror(src: &[f32], dst: &mut [f32], w: usize, h: usize, flip: usize) {
+    for y in 0..h {
+        let sy = if flip & 2 != 0 { h - 1 - y } else { y };
+        let (s, d) = (&src[sy * w..(sy + 1) * w], &mut dst[y * w..(y + 1) * w]);
+        if flip & 1 != 0 {
+            d.iter_mut().zip(s.iter().rev()).for_each(|(d, s)| *d = *s);
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
+/// Adds `src`, mirrored as [`mirror`] does, to `dst`.
+fn add_mirrored(src: &[f32], dst: &mut [f32], w: usize, h: usize, flip: usize) {
+    for y in 0..h {
+        let sy = if flip & 2 != 0 { h - 1 - y } else { y };
+        let (s, d) = (&src[sy * w..(sy + 1) * w], &mut dst[y * w..(y + 1) * w]);
+        if flip & 1 != 0 {
+            d.iter_mut().zip(s.iter().rev()).for_each(|(d, s)| *d += *s);
+        } else {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += *s);
+        }
+    }
+}
+
 /// Runs tiles `range` of the grid through one runner, writing owned outputs and timings.
 fn run_range<B: TileBackend>(
     runner: &mut B,
@@ -418,9 +509,108 @@ fn run_range<B: TileBackend>(
                 copy(core, c);
             }
             // SAFETY: one timing slot per tile, written by the tile's only worker.
-            unsafe { *out.tile_ms.add(k + j) = ms };
+            unsafe { *out.tile_ms.add(k + j) += ms };
         }
         k += m;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tile output = the tile's input one pixel to the right: not mirror-symmetric, so `--tta`
+    /// changes what it gives.
+    struct ShiftLeft {
+        tile: usize,
+        input: Vec<f32>,
+        output: Vec<f32>,
+    }
+
+    impl TileBackend for ShiftLeft {
+        fn batch(&self) -> usize {
+            1
+        }
+        fn input_mut(&mut self) -> &mut [f32] {
+            &mut self.input
+        }
+        fn run(&mut self) -> Result<&[f32]> {
+            let t = self.tile;
+            for y in 0..t {
+                for x in 0..t {
+                    self.output[y * t + x] = self.input[y * t + (x + 1).min(t - 1)];
+                }
+            }
+            Ok(&self.output)
+        }
+    }
+
+    fn segmenter(tta: usize) -> Segmenter<ShiftLeft> {
+        let tile = 32;
+        let cfg = SegmentConfig {
+            tile,
+            margin: 4,
+            batch: 1,
+            threads: 1,
+            threshold: 0.5,
+            tta,
+        };
+        let backend = ShiftLeft {
+            tile,
+            input: vec![0.0; tile * tile],
+            output: vec![0.0; tile * tile],
+        };
+        Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap()
+    }
+
+    #[test]
+    fn mirror_is_its_own_inverse_and_flips_the_named_axes() {
+        let (w, h) = (3, 2);
+        let src: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let mut dst = vec![0.0; 6];
+        mirror(&src, &mut dst, w, h, 1);
+        assert_eq!(dst, [2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
+        mirror(&src, &mut dst, w, h, 2);
+        assert_eq!(dst, [3.0, 4.0, 5.0, 0.0, 1.0, 2.0]);
+        for flip in 0..4 {
+            mirror(&src, &mut dst, w, h, flip);
+            let mut back = vec![0.0; 6];
+            add_mirrored(&dst, &mut back, w, h, flip);
+            assert_eq!(back, src, "flip {flip}");
+        }
+    }
+
+    #[test]
+    fn tta_averages_the_mirrored_passes_back_in_place() {
+        // A horizontal ramp: the shift reads x+1, its mirrored pass reads x-1, so their mean
+        // is the pixel itself.
+        let (w, h) = (90, 50);
+        let frame: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
+        let mut one = segmenter(1);
+        one.segment(&frame, w, h).unwrap();
+        let n = one.normalized().to_vec();
+        for tta in [2, 4] {
+            let mut seg = segmenter(tta);
+            seg.segment(&frame, w, h).unwrap();
+            for y in 0..h {
+                for x in 1..w - 1 {
+                    let i = y * w + x;
+                    assert!((one.prob()[i] - n[i + 1]).abs() < 1e-5, "tta 1 at {x},{y}");
+                    assert!((seg.prob()[i] - n[i]).abs() < 1e-5, "tta {tta} at {x},{y}");
+                }
+            }
+            assert_eq!(seg.timing(0.0).tiles, one.timing(0.0).tiles);
+        }
+    }
+
+    #[test]
+    fn tta_other_than_1_2_4_is_refused_by_name() {
+        let cfg = SegmentConfig {
+            tta: 3,
+            ..segmenter(1).cfg
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("--tta 3") && e.contains("choose 1"), "{e}");
+    }
 }

@@ -78,6 +78,7 @@ pub fn segmenter() -> Segmenter<Passthrough> {
         batch: 1,
         threads: 1,
         threshold: 0.5,
+        tta: 1,
     };
     Segmenter::with_backends(
         ModelMeta::default(),

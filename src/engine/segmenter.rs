@@ -447,26 +447,32 @@ impl<B: TileBackend> Segmenter<B> {
 /// Copies `src` into `dst` mirrored left-right when bit 0 of `flip` is set and top-bottom when
 /// bit 1 is.
 fn mirror(src: &[f32], dst: &mut [f32], w: usize, h: usize, flip: usize) {
-    for y in 0..h {
-        let sy = if flip & 2 != 0 { h - 1 - y } else { y };
-        let (s, d) = (&src[sy * w..(sy + 1) * w], &mut dst[y * w..(y + 1) * w]);
-        if flip & 1 != 0 {
-            d.iter_mut().zip(s.iter().rev()).for_each(|(d, s)| *d = *s);
-        } else {
-            d.copy_from_slice(s);
-        }
-    }
+    for_mirrored(src, dst, w, h, flip, |d, s| *d = s);
 }
 
 /// Adds `src`, mirrored as [`mirror`] does, to `dst`.
 fn add_mirrored(src: &[f32], dst: &mut [f32], w: usize, h: usize, flip: usize) {
+    for_mirrored(src, dst, w, h, flip, |d, s| *d += s);
+}
+
+/// Applies `op(dst pixel, its mirrored src pixel)` to every pixel.
+fn for_mirrored(
+    src: &[f32],
+    dst: &mut [f32],
+    w: usize,
+    h: usize,
+    flip: usize,
+    op: impl Fn(&mut f32, f32),
+) {
     for y in 0..h {
         let sy = if flip & 2 != 0 { h - 1 - y } else { y };
         let (s, d) = (&src[sy * w..(sy + 1) * w], &mut dst[y * w..(y + 1) * w]);
         if flip & 1 != 0 {
-            d.iter_mut().zip(s.iter().rev()).for_each(|(d, s)| *d += *s);
+            d.iter_mut()
+                .zip(s.iter().rev())
+                .for_each(|(d, &s)| op(d, s));
         } else {
-            d.iter_mut().zip(s).for_each(|(d, s)| *d += *s);
+            d.iter_mut().zip(s).for_each(|(d, &s)| op(d, s));
         }
     }
 }

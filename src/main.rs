@@ -66,7 +66,7 @@ pub struct RunArgs {
     pub threads: usize,
     /// Test-time augmentation: run each frame 1, 2 (also mirrored left-right) or 4 times (also
     /// top-bottom and both) and average the probabilities; N times the compute, smoother
-    /// outlines and fewer merged nuclei (figures in the model card).
+    /// outlines (figures in the model card). `bench` refuses it: it times single model runs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub tta: usize,
     /// Largest frame or image accepted, in pixels; larger ones are refused before memory is

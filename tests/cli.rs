@@ -615,6 +615,14 @@ fn tta_runs_mirrored_passes_and_keeps_the_segmentation() {
     // Averaging mirrored passes smooths outlines; it must not change what is found.
     assert!(nuclei[0] > 20.0, "{nuclei:?}");
     assert!((nuclei[1] / nuclei[0] - 1.0).abs() < 0.1, "{nuclei:?}");
+    // bench times single model runs: it says so instead of ignoring the option.
+    let o = util::run(&["bench", "--tiles", "1", "--tta", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("--tta 2") && err.contains("single model runs"),
+        "{err}"
+    );
 }
 
 #[test]

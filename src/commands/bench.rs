@@ -62,6 +62,14 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         bail!("--tiles must be at least 1");
     }
     let (model, cfg) = super::load(&a.run, None)?;
+    if cfg.tta != 1 {
+        // Timing N mirrored runs as one "tile" would hide the model's own latency.
+        bail!(
+            "--tta {}: bench times single model runs per tile; a frame with --tta N costs N of \
+             them (live --tta N reports its frame times)",
+            cfg.tta
+        );
+    }
     let plan = model.plan(cfg.batch, cfg.tile)?;
     let threads = cfg.threads;
     let runs_per_thread = a.tiles.div_ceil(cfg.batch * threads).max(1);

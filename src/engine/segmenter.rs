@@ -313,8 +313,11 @@ impl<B: TileBackend> Segmenter<B> {
             self.prob_sum.iter_mut().for_each(|p| *p = 0.0);
             self.core_sum.iter_mut().for_each(|p| *p = 0.0);
             for flip in 0..self.cfg.tta {
-                mirror(&self.normalized, &mut self.mirrored, width, height, flip);
-                self.run_tiles(true)?;
+                // Pass 0 is the frame as is: it reads the normalized buffer, no copy.
+                if flip != 0 {
+                    mirror(&self.normalized, &mut self.mirrored, width, height, flip);
+                }
+                self.run_tiles(flip != 0)?;
                 self.apply_sigmoid();
                 // Mirroring is its own inverse: reading the pass's output through the same flip
                 // puts every pixel back where it came from.

@@ -113,9 +113,10 @@ pub struct TrainState {
     /// images (folder data only).
     #[serde(default)]
     pub instance_history: Vec<(usize, ImageMean)>,
-    /// Per whole-image validation: step, group-balanced score, checkpoint score.
+    /// Per whole-image validation: step, the growth (px) its figures were scored with,
+    /// group-balanced score, checkpoint score.
     #[serde(default)]
-    pub score_history: Vec<(usize, f32, f32)>,
+    pub score_history: Vec<(usize, usize, f32, f32)>,
     /// The best checkpoint's whole-image figures per validation group.
     #[serde(default)]
     pub best_groups: std::collections::BTreeMap<String, ImageMean>,
@@ -802,10 +803,10 @@ fn validate_and_keep_best(
     let score = whole
         .as_ref()
         .map_or(v.score(), |(m, g, _)| checkpoint_score(m, g));
-    if let Some((_, g, _)) = &whole {
+    if let Some((_, g, grow)) = &whole {
         state
             .score_history
-            .push((state.step, group_balanced_score(g), score));
+            .push((state.step, *grow, group_balanced_score(g), score));
     }
     if state.best_step == 0 || score >= state.best_score {
         if let Some((_, g, grow)) = &whole {
@@ -864,20 +865,35 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, grow: usize) 
     );
     meta.props
         .insert(KEY_TRAIN_STEPS.into(), state.step.to_string());
+    // The figures of the checkpoint being exported (`state.step`), at the growth they were
+    // scored with: runs from before the growth was recorded per validation knew it for the
+    // best checkpoint only.
+    let scored_grow = state
+        .score_history
+        .iter()
+        .find(|r| r.0 == state.step)
+        .map(|r| r.1)
+        .or((state.step == state.best_step).then_some(state.best_grow));
+    let tile_dice = state
+        .history
+        .iter()
+        .find(|h| h.0 == state.step)
+        .map_or(state.best_dice, |h| h.2);
     let whole = state
         .instance_history
         .iter()
-        .find(|(step, _)| *step == state.best_step)
-        .map(|(_, m)| {
+        .find(|(step, _)| *step == state.step)
+        .zip(scored_grow)
+        .map(|((_, m), scored)| {
             format!(
-                "; {} whole validation images, scored with growth {} px: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
-                m.images, state.best_grow, m.f1_at_05, m.dsb2018_score, m.pixel_dice
+                "; {} whole validation images, scored with growth {scored} px: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
+                m.images, m.f1_at_05, m.dsb2018_score, m.pixel_dice
             )
         })
         .unwrap_or_default();
     meta.props.insert(
         KEY_VALIDATION.into(),
-        format!("tile Dice {:.4}{whole}", state.best_dice),
+        format!("tile Dice {tile_dice:.4}{whole}"),
     );
     meta.props.insert(KEY_SEED.into(), cfg.seed.to_string());
     let proto = weights.to_onnx(&meta)?;
@@ -1259,15 +1275,48 @@ mod tests {
             val_groups: vec!["va".into(), "vb".into()],
             ..tiny(2)
         };
-        let s = train(cfg, &dir.path().join("run"), false, None).unwrap();
+        let run = dir.path().join("run");
+        let s = train(cfg, &run, false, None).unwrap();
         assert_eq!(s.instance_history.len(), 1);
         assert_eq!(s.score_history.len(), 1);
-        let (step, group_score, score) = s.score_history[0];
+        let (step, grow, group_score, score) = s.score_history[0];
         assert_eq!(step, 2);
+        assert_eq!(grow, s.best_grow);
         assert_eq!(s.best_groups.len(), 2, "both validation groups scored");
         assert!((group_score - group_balanced_score(&s.best_groups)).abs() < 1e-6);
         assert!((score - checkpoint_score(&s.instance_history[0].1, &s.best_groups)).abs() < 1e-6);
         assert_eq!(s.best_score, score, "the checkpoint score chose the best");
+
+        // An exported checkpoint describes its own validation, not the best one's: give the
+        // state a best checkpoint at another step with other figures, then export the last.
+        let mut state = s.clone();
+        let mut other = state.instance_history[0].1;
+        other.f1_at_05 = 0.123_4;
+        state.instance_history.insert(0, (1, other));
+        state.history.insert(0, (1, 0.0, 0.987_6, 0.5));
+        state.best_step = 1;
+        state.best_dice = 0.987_6;
+        std::fs::write(
+            RunDir(run.clone()).state(),
+            serde_json::to_vec(&state).unwrap(),
+        )
+        .unwrap();
+        let out = dir.path().join("last.onnx");
+        export_run(&run, &out, true, Some(0)).unwrap();
+        let v = Model::from_path(&out).unwrap().meta.props[KEY_VALIDATION].clone();
+        let own = &s.instance_history[0].1;
+        assert!(
+            v.contains(&format!("tile Dice {:.4}", s.history[0].2))
+                && v.contains(&format!("F1@0.5 {:.3}", own.f1_at_05))
+                && v.contains(&format!("growth {grow} px")),
+            "{v}"
+        );
+        export_run(&run, &out, false, None).unwrap();
+        let v = Model::from_path(&out).unwrap().meta.props[KEY_VALIDATION].clone();
+        assert!(
+            v.contains("tile Dice 0.9876") && v.contains("F1@0.5 0.123"),
+            "{v}"
+        );
     }
 
     #[test]

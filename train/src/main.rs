@@ -80,9 +80,8 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 2018)]
         seed: u64,
-        /// Output channels: 1 is the seed's foreground-only net (the shipped model); 2 adds the
-        /// core channel (inner half of each nucleus) that separates touching nuclei — see the
-        /// model card for what it measured so far.
+        /// Output channels: 1 is the seed's foreground-only net; 2 adds the core channel (inner
+        /// half of each nucleus) that separates touching nuclei, as the shipped model has.
         #[arg(long, default_value_t = 1)]
         outputs: usize,
         /// Weight of the core channel's loss (BCE + soft Dice).

@@ -125,6 +125,10 @@ enum Command {
         /// (`unet_edge.grow_px`) instead of the one the run chose on its validation images.
         #[arg(long, value_name = "PX", value_parser = unet_edge::contract::grow_parser())]
         grow: Option<usize>,
+        /// The foreground threshold (0..1) to write into the model (`unet_edge.threshold`)
+        /// instead of the one the run chose on its validation images.
+        #[arg(long, value_name = "P", value_parser = parse_threshold)]
+        threshold: Option<f32>,
     },
     /// Average the weights of several exported checkpoints of one network (e.g. a run's last
     /// validations, exported with `export --last`) into one ONNX model: checkpoint averaging,
@@ -258,7 +262,8 @@ fn run(cli: Cli) -> Result<()> {
             out,
             last,
             grow,
-        } => training::export_run(&run, &out, last, grow),
+            threshold,
+        } => training::export_run(&run, &out, last, grow, threshold),
         Command::Average { out, inputs } => training::average_files(&inputs, &out),
         Command::Sheet {
             out,
@@ -326,4 +331,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A foreground threshold strictly between 0 and 1 (at 0 or 1 every pixel or none is foreground).
+fn parse_threshold(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|t| *t > 0.0 && *t < 1.0)
+        .ok_or_else(|| {
+            format!("{s:?} is not a threshold; expected a number between 0 and 1, e.g. 0.4")
+        })
 }

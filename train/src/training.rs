@@ -113,10 +113,10 @@ pub struct TrainState {
     /// images (folder data only).
     #[serde(default)]
     pub instance_history: Vec<(usize, ImageMean)>,
-    /// Per whole-image validation: step, the growth (px) its figures were scored with,
-    /// group-balanced score, checkpoint score.
+    /// Per whole-image validation: the instance settings its figures were scored with and
+    /// both scores.
     #[serde(default)]
-    pub score_history: Vec<(usize, usize, f32, f32)>,
+    pub score_history: Vec<Validation>,
     /// The best checkpoint's whole-image figures per validation group.
     #[serde(default)]
     pub best_groups: std::collections::BTreeMap<String, ImageMean>,
@@ -124,22 +124,74 @@ pub struct TrainState {
     /// model's `unet_edge.grow_px`.
     #[serde(default)]
     pub best_grow: usize,
+    /// The foreground threshold the best checkpoint scored best with, exported as the model's
+    /// `unet_edge.threshold`; none for runs without whole-image validation and runs from before
+    /// session 16, which scored at the contract's default only.
+    #[serde(default)]
+    pub best_threshold: Option<f32>,
+}
+
+/// One whole-image validation of a checkpoint.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Validation {
+    /// Step of the checkpoint.
+    pub step: usize,
+    /// The instance settings its figures were scored with.
+    pub post: Post,
+    /// [`group_balanced_score`] at those settings.
+    pub group_score: f32,
+    /// [`checkpoint_score`] at those settings.
+    pub checkpoint_score: f32,
+}
+
+/// The mask and instance settings chosen on the validation images and written into the model.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Post {
+    /// Foreground threshold on the probability.
+    pub threshold: f32,
+    /// The instance step's growth, px.
+    pub grow: usize,
+}
+
+impl Default for Post {
+    fn default() -> Post {
+        Post {
+            threshold: ModelMeta::default().threshold,
+            grow: 0,
+        }
+    }
+}
+
+impl TrainState {
+    /// The settings the best checkpoint was chosen with.
+    pub fn best_post(&self) -> Post {
+        Post {
+            threshold: self.best_threshold.unwrap_or(Post::default().threshold),
+            grow: self.best_grow,
+        }
+    }
 }
 
 /// A whole validation image with its group.
 type Grouped = (String, Named);
 
-/// Whole-image figures over all validation images and per group, with the growth (px) they
-/// were scored with.
+/// Whole-image figures over all validation images and per group, with the settings they were
+/// scored with.
 type WholeImageScores = (
     ImageMean,
     std::collections::BTreeMap<String, ImageMean>,
-    usize,
+    Post,
 );
 
 /// The instance step's growths each checkpoint is scored with; the best becomes the model's
 /// default (`unet_edge.grow_px`), so the boundary correction is chosen on validation images.
 const GROWTHS: [usize; 3] = [0, 1, 2];
+
+/// The foreground thresholds each checkpoint is scored with, like [`GROWTHS`]: a net trained with
+/// the separation gap and border weights can be conservative at its edges, and lowering the
+/// threshold there costs nothing at run time (the runtime model at step 2750 of runs/long-cbd:
+/// group score 0.677 at 0.5, 0.687 at 0.4).
+const THRESHOLDS: [f32; 3] = [0.5, 0.4, 0.3];
 
 /// How a growth is chosen on whole images: F1 and the DSB2018 score, equally, averaged over the
 /// validation groups with each group weighing the same. (A mean over images let the largest
@@ -473,8 +525,8 @@ fn split_validation(
 
 /// Segments whole validation images through the runtime (`Segmenter` and the instance step with
 /// default settings, as `unet-edge segment` does) with the weights of `model`, and scores them as
-/// `unet-edge eval` does: means over all images and per group, at the growth of [`GROWTHS`]
-/// that scores best (returned with them).
+/// `unet-edge eval` does: means over all images and per group, at the threshold of
+/// [`THRESHOLDS`] and the growth of [`GROWTHS`] that score best (returned with them).
 pub fn validate_instances(
     model: &UNet,
     cfg: &TrainConfig,
@@ -483,7 +535,7 @@ pub fn validate_instances(
     use unet_edge::engine::segmenter::{SegmentConfig, Segmenter};
     use unet_edge::post::instances::{InstanceConfig, Instances};
     use unet_edge::post::metrics::Scores;
-    let bytes = onnx_bytes(model, cfg, &TrainState::default(), 0)?;
+    let bytes = onnx_bytes(model, cfg, &TrainState::default(), Post::default())?;
     let m = unet_edge::engine::model::Model::from_bytes(&bytes, "checkpoint")?;
     let mut seg = Segmenter::new(
         &m,
@@ -493,38 +545,56 @@ pub fn validate_instances(
         },
     )?;
     let mut inst = Instances::new();
-    // One network pass per image; the instance step runs once per growth.
-    let mut scores: Vec<Vec<(&str, Scores)>> = vec![Vec::with_capacity(val.len()); GROWTHS.len()];
+    let settings: Vec<Post> = THRESHOLDS
+        .iter()
+        .flat_map(|&threshold| GROWTHS.iter().map(move |&grow| Post { threshold, grow }))
+        .collect();
+    // One network pass per image; the mask and the instance step run once per setting.
+    let mut scores: Vec<Vec<(&str, Scores)>> = vec![Vec::with_capacity(val.len()); settings.len()];
+    let mut mask = Vec::new();
     for (group, n) in val {
         let s = &n.sample;
         seg.segment(&s.image, s.width, s.height)
             .with_context(|| format!("segmenting validation image {}", n.name))?;
         let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
-        for (k, &grow) in GROWTHS.iter().enumerate() {
+        for (k, post) in settings.iter().enumerate() {
+            mask.clear();
+            mask.extend(seg.prob().iter().map(|&p| u8::from(p > post.threshold)));
             let icfg = InstanceConfig {
-                grow,
+                grow: post.grow,
                 ..InstanceConfig::default()
             };
-            inst.run(seg.mask(), seg.core(), &s.image, s.width, s.height, &icfg);
+            inst.run(&mask, seg.core(), &s.image, s.width, s.height, &icfg);
             scores[k].push((group.as_str(), Scores::compare(inst.labels(), &truth)));
         }
     }
-    let summarize = |chosen: &[(&str, Scores)]| -> WholeImageScores {
+    let summarize = |chosen: &[(&str, Scores)], post: Post| -> WholeImageScores {
         let mut per_group = std::collections::BTreeMap::new();
         for (g, _) in val {
             per_group.entry(g.clone()).or_insert_with(|| {
                 ImageMean::of(chosen.iter().filter(|(h, _)| h == g).map(|(_, s)| s))
             });
         }
-        (ImageMean::of(chosen.iter().map(|(_, s)| s)), per_group, 0)
+        (
+            ImageMean::of(chosen.iter().map(|(_, s)| s)),
+            per_group,
+            post,
+        )
     };
-    let (k, (all, per_group, _)) = scores
+    // Ties keep the earlier setting: the model's own threshold and the smaller growth.
+    let best = scores
         .iter()
-        .map(|s| summarize(s))
-        .enumerate()
-        .max_by(|(_, a), (_, b)| group_balanced_score(&a.1).total_cmp(&group_balanced_score(&b.1)))
-        .expect("growths");
-    Ok((all, per_group, GROWTHS[k]))
+        .zip(&settings)
+        .map(|(s, &post)| summarize(s, post))
+        .reduce(|a, b| {
+            if group_balanced_score(&b.1) > group_balanced_score(&a.1) {
+                b
+            } else {
+                a
+            }
+        })
+        .expect("settings");
+    Ok(best)
 }
 
 /// Rejects option values no run can use.
@@ -790,8 +860,10 @@ fn validate_and_keep_best(
             .unwrap_or_default(),
         whole
             .as_ref()
-            .map(|(m, g, grow)| format!(
-                "  whole images (grow {grow}): F1 {:.4} DSB {:.4} Dice {:.4}, group-balanced score {:.4}, checkpoint score {:.4}",
+            .map(|(m, g, post)| format!(
+                "  whole images (threshold {}, grow {}): F1 {:.4} DSB {:.4} Dice {:.4}, group-balanced score {:.4}, checkpoint score {:.4}",
+                post.threshold,
+                post.grow,
                 m.f1_at_05,
                 m.dsb2018_score,
                 m.pixel_dice,
@@ -803,15 +875,19 @@ fn validate_and_keep_best(
     let score = whole
         .as_ref()
         .map_or(v.score(), |(m, g, _)| checkpoint_score(m, g));
-    if let Some((_, g, grow)) = &whole {
-        state
-            .score_history
-            .push((state.step, *grow, group_balanced_score(g), score));
+    if let Some((_, g, post)) = &whole {
+        state.score_history.push(Validation {
+            step: state.step,
+            post: *post,
+            group_score: group_balanced_score(g),
+            checkpoint_score: score,
+        });
     }
     if state.best_step == 0 || score >= state.best_score {
-        if let Some((_, g, grow)) = &whole {
+        if let Some((_, g, post)) = &whole {
             state.best_groups = g.clone();
-            state.best_grow = *grow;
+            state.best_grow = post.grow;
+            state.best_threshold = Some(post.threshold);
         }
         state.best_score = score;
         state.best_dice = v.dice;
@@ -821,30 +897,31 @@ fn validate_and_keep_best(
             .clone()
             .save_file(run.best())
             .map_err(|e| anyhow::anyhow!("saving best: {e:?}"))?;
-        export(model, cfg, state, state.best_grow, &run.best_onnx())?;
+        export(model, cfg, state, state.best_post(), &run.best_onnx())?;
     }
     Ok(line)
 }
 
-/// Writes `model` as an ONNX file with the contract's metadata and `grow` as its default
-/// instance growth.
+/// Writes `model` as an ONNX file with the contract's metadata and `post` as its default
+/// threshold and instance growth.
 pub fn export(
     model: &UNet,
     cfg: &TrainConfig,
     state: &TrainState,
-    grow: usize,
+    post: Post,
     out: &Path,
 ) -> Result<()> {
-    write_atomic(out, &onnx_bytes(model, cfg, state, grow)?)
+    write_atomic(out, &onnx_bytes(model, cfg, state, post)?)
 }
 
 /// `model` as ONNX bytes with the contract's metadata.
-fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, grow: usize) -> Result<Vec<u8>> {
+fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, post: Post) -> Result<Vec<u8>> {
     let weights = model.to_weights()?;
     let mut meta = ModelMeta {
         output: OutputKind::Probability,
         tile: Some(cfg.tile),
-        grow,
+        grow: post.grow,
+        threshold: post.threshold,
         ..Default::default()
     };
     meta.props.insert(KEY_DIAMETER.into(), "5-56".into());
@@ -865,15 +942,15 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, grow: usize) 
     );
     meta.props
         .insert(KEY_TRAIN_STEPS.into(), state.step.to_string());
-    // The figures of the checkpoint being exported (`state.step`), at the growth they were
-    // scored with: runs from before the growth was recorded per validation knew it for the
-    // best checkpoint only.
-    let scored_grow = state
+    // The figures of the checkpoint being exported (`state.step`), at the settings they were
+    // scored with: runs from before those were recorded per validation knew them for the best
+    // checkpoint only.
+    let scored = state
         .score_history
         .iter()
-        .find(|r| r.0 == state.step)
-        .map(|r| r.1)
-        .or((state.step == state.best_step).then_some(state.best_grow));
+        .find(|r| r.step == state.step)
+        .map(|r| r.post)
+        .or((state.step == state.best_step).then(|| state.best_post()));
     let tile_dice = state
         .history
         .iter()
@@ -883,11 +960,11 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, grow: usize) 
         .instance_history
         .iter()
         .find(|(step, _)| *step == state.step)
-        .zip(scored_grow)
+        .zip(scored)
         .map(|((_, m), scored)| {
             format!(
-                "; {} whole validation images, scored with growth {scored} px: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
-                m.images, m.f1_at_05, m.dsb2018_score, m.pixel_dice
+                "; {} whole validation images, scored with threshold {} and growth {} px: mean F1@0.5 {:.3}, DSB2018 score {:.3}, pixel Dice {:.3}",
+                m.images, scored.threshold, scored.grow, m.f1_at_05, m.dsb2018_score, m.pixel_dice
             )
         })
         .unwrap_or_default();
@@ -900,22 +977,32 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, grow: usize) 
     Ok(unet_edge::onnx_writer::encode(&proto))
 }
 
-/// Loads a run's best (or last) checkpoint and exports it; `grow` overrides the instance
-/// growth the run chose (the model's `unet_edge.grow_px`).
-pub fn export_run(dir: &Path, out: &Path, last: bool, grow: Option<usize>) -> Result<()> {
+/// Loads a run's best (or last) checkpoint and exports it; `grow` and `threshold` override the
+/// instance growth and foreground threshold the run chose (the model's `unet_edge.grow_px` and
+/// `unet_edge.threshold`).
+pub fn export_run(
+    dir: &Path,
+    out: &Path,
+    last: bool,
+    grow: Option<usize>,
+    threshold: Option<f32>,
+) -> Result<()> {
     let run = RunDir(dir.to_path_buf());
     let cfg: TrainConfig =
         serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
     let mut state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
-    let grow = grow.unwrap_or(state.best_grow);
+    let post = Post {
+        threshold: threshold.unwrap_or(state.best_post().threshold),
+        grow: grow.unwrap_or(state.best_grow),
+    };
     if !last {
         // The metadata's step count is the exported checkpoint's, not the run's latest.
         state.step = state.best_step;
     }
     let model = load_run(dir, &Device::flex(), last)?;
-    export(&model, &cfg, &state, grow, out)
+    export(&model, &cfg, &state, post, out)
 }
 
 /// Averages the weights of exported checkpoints of one network (`unet-train average`) and writes
@@ -1180,7 +1267,14 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.onnx");
-        export(&model, &tiny(1), &TrainState::default(), 0, &path).unwrap();
+        export(
+            &model,
+            &tiny(1),
+            &TrainState::default(),
+            Post::default(),
+            &path,
+        )
+        .unwrap();
         let m = Model::from_path(&path).unwrap();
         let mut r = m.plan(n, t).unwrap().runner().unwrap();
         r.input_mut().copy_from_slice(&x);
@@ -1231,9 +1325,11 @@ mod tests {
         assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
         assert_eq!(m.meta.channels, ["foreground", "core"]);
         let out2 = dir.path().join("again.onnx");
-        export_run(dir.path(), &out2, false, None).unwrap();
-        export_run(dir.path(), &out2, true, Some(1)).unwrap();
-        assert_eq!(Model::from_path(&out2).unwrap().meta.grow, 1);
+        export_run(dir.path(), &out2, false, None, None).unwrap();
+        assert_eq!(Model::from_path(&out2).unwrap().meta.threshold, 0.5);
+        export_run(dir.path(), &out2, true, Some(1), Some(0.4)).unwrap();
+        let meta = Model::from_path(&out2).unwrap().meta;
+        assert_eq!((meta.grow, meta.threshold), (1, 0.4));
         assert!(Model::from_path(&out2).is_ok());
     }
 
@@ -1279,9 +1375,15 @@ mod tests {
         let s = train(cfg, &run, false, None).unwrap();
         assert_eq!(s.instance_history.len(), 1);
         assert_eq!(s.score_history.len(), 1);
-        let (step, grow, group_score, score) = s.score_history[0];
+        let Validation {
+            step,
+            post,
+            group_score,
+            checkpoint_score: score,
+        } = s.score_history[0];
         assert_eq!(step, 2);
-        assert_eq!(grow, s.best_grow);
+        assert_eq!(post, s.best_post());
+        assert!(THRESHOLDS.contains(&post.threshold) && GROWTHS.contains(&post.grow));
         assert_eq!(s.best_groups.len(), 2, "both validation groups scored");
         assert!((group_score - group_balanced_score(&s.best_groups)).abs() < 1e-6);
         assert!((score - checkpoint_score(&s.instance_history[0].1, &s.best_groups)).abs() < 1e-6);
@@ -1302,16 +1404,19 @@ mod tests {
         )
         .unwrap();
         let out = dir.path().join("last.onnx");
-        export_run(&run, &out, true, Some(0)).unwrap();
+        export_run(&run, &out, true, Some(0), None).unwrap();
         let v = Model::from_path(&out).unwrap().meta.props[KEY_VALIDATION].clone();
         let own = &s.instance_history[0].1;
         assert!(
             v.contains(&format!("tile Dice {:.4}", s.history[0].2))
                 && v.contains(&format!("F1@0.5 {:.3}", own.f1_at_05))
-                && v.contains(&format!("growth {grow} px")),
+                && v.contains(&format!(
+                    "threshold {} and growth {} px",
+                    post.threshold, post.grow
+                )),
             "{v}"
         );
-        export_run(&run, &out, false, None).unwrap();
+        export_run(&run, &out, false, None, None).unwrap();
         let v = Model::from_path(&out).unwrap().meta.props[KEY_VALIDATION].clone();
         assert!(
             v.contains("tile Dice 0.9876") && v.contains("F1@0.5 0.123"),

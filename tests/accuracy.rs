@@ -1,6 +1,6 @@
 //! The shipped models on the real DSB2018 sample, through the real binary (`segment`, then
 //! `eval`): a model change that loses accuracy on real nuclei fails here. The floors sit a little
-//! under the model card's figures (f32: Dice 0.928, F1 0.882, DSB 0.523; int8: 0.928, 0.882, 0.528),
+//! under the model card's figures (f32: Dice 0.932, F1 0.874, DSB 0.530; int8: see the card),
 //! leaving a nucleus or two (of 118) for numerical drift. (The model is selected on 60 real validation
 //! images, averaged per experiment group; this image, from none of those groups, checks it from
 //! outside that set: see the model card.)
@@ -43,7 +43,7 @@ fn scores_on_real_sample(model: Option<&str>) -> (f64, f64, f64) {
 fn embedded_model_segments_the_real_sample() {
     let (dice, f1, dsb) = scores_on_real_sample(None);
     assert!(
-        dice >= 0.92 && f1 >= 0.87 && dsb >= 0.51,
+        dice >= 0.925 && f1 >= 0.865 && dsb >= 0.52,
         "Dice {dice:.3}, F1 {f1:.3}, DSB {dsb:.3}"
     );
 }
@@ -53,7 +53,7 @@ fn int8_model_segments_the_real_sample() {
     let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/unet-nuclei.int8.onnx");
     let (dice, f1, dsb) = scores_on_real_sample(Some(m.to_str().unwrap()));
     assert!(
-        dice >= 0.92 && f1 >= 0.87 && dsb >= 0.51,
+        dice >= 0.925 && f1 >= 0.865 && dsb >= 0.52,
         "Dice {dice:.3}, F1 {f1:.3}, DSB {dsb:.3}"
     );
 }

@@ -11,6 +11,28 @@ pub const KEY_NORMALIZATION: &str = "unet_edge.normalization";
 pub const KEY_OUTPUT: &str = "unet_edge.output";
 /// Metadata key: default foreground threshold on the probability.
 pub const KEY_THRESHOLD: &str = "unet_edge.threshold";
+
+/// Checks a foreground threshold: strictly between 0 and 1, since at 0 or 1 every pixel or none
+/// would be foreground. The one rule for `--threshold`, `unet-train export --threshold` and
+/// [`KEY_THRESHOLD`].
+pub fn check_threshold(t: f32) -> Result<f32, String> {
+    if t > 0.0 && t < 1.0 {
+        Ok(t)
+    } else {
+        Err(format!(
+            "{t} is not a foreground threshold; expected a probability strictly between 0 and 1, \
+             e.g. 0.4"
+        ))
+    }
+}
+
+/// The parser of the `--threshold` flags (`segment`, `live`, `unet-train export`).
+pub fn parse_threshold(s: &str) -> Result<f32, String> {
+    let t = s.trim().parse::<f32>().map_err(|_| {
+        format!("{s:?} is not a number; expected a probability strictly between 0 and 1, e.g. 0.4")
+    })?;
+    check_threshold(t)
+}
 /// Metadata key: the tile size the model was trained on.
 pub const KEY_TILE: &str = "unet_edge.tile";
 /// Metadata key: nucleus diameter range in pixels the model expects, e.g. `4-60`.
@@ -116,11 +138,8 @@ impl ModelMeta {
             };
         }
         if let Some(v) = props.get(KEY_THRESHOLD) {
-            m.threshold = v
-                .parse::<f32>()
-                .ok()
-                .filter(|t| (0.0..=1.0).contains(t))
-                .with_context(|| format!("metadata {KEY_THRESHOLD} is {v:?}; expected 0..1"))?;
+            m.threshold =
+                parse_threshold(v).map_err(|e| anyhow::anyhow!("metadata {KEY_THRESHOLD}: {e}"))?;
         }
         let usize_key = |k: &str| -> Result<Option<usize>> {
             props
@@ -216,6 +235,8 @@ mod tests {
         for (k, v) in [
             (KEY_OUTPUT, "softmax"),
             (KEY_THRESHOLD, "2"),
+            (KEY_THRESHOLD, "0"),
+            (KEY_THRESHOLD, "NaN"),
             (KEY_TILE, "big"),
             (KEY_CHANNELS, "core,foreground"),
             (KEY_CHANNELS, "foreground,edges"),
@@ -227,5 +248,17 @@ mod tests {
             let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");
         }
+    }
+
+    #[test]
+    fn thresholds_must_lie_strictly_inside_0_1() {
+        for ok in ["0.4", " 0.5", "0.999"] {
+            assert!(parse_threshold(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "1", "-0.1", "3", "NaN", "inf", "0,4", ""] {
+            let e = parse_threshold(bad).unwrap_err();
+            assert!(e.contains("strictly between 0 and 1"), "{bad}: {e}");
+        }
+        assert_eq!(check_threshold(0.3), Ok(0.3));
     }
 }

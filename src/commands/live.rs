@@ -121,8 +121,9 @@ pub struct LiveArgs {
     /// nothing for stall-secs; a disconnect fails three reads, as an unplugged camera does).
     #[arg(long, value_name = "SPEC")]
     pub inject_faults: Option<FaultRates>,
-    /// Foreground threshold on the probability; defaults to the model's.
-    #[arg(long, value_name = "T")]
+    /// Foreground threshold on the probability, strictly between 0 and 1; defaults to the
+    /// model's.
+    #[arg(long, value_name = "T", value_parser = unet_edge::contract::parse_threshold)]
     pub threshold: Option<f32>,
     /// Process one frame per rising edge of this GPIO input (CHIP:LINE, e.g. gpiochip0:17).
     #[arg(long, value_name = "CHIP:LINE")]

@@ -4,7 +4,7 @@ use crate::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use unet_edge::contract::{grow_parser, ModelMeta};
+use unet_edge::contract::{grow_parser, parse_threshold, ModelMeta};
 use unet_edge::engine::segmenter::Segmenter;
 use unet_edge::io::imageio;
 use unet_edge::io::record::{nuclei_csv, FrameRecord, Origin};
@@ -21,8 +21,9 @@ pub struct SegmentArgs {
     /// a core channel (the default), `X.core.png` (its probability, 0-255).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Foreground threshold on the probability; defaults to the model's.
-    #[arg(long, value_name = "T")]
+    /// Foreground threshold on the probability, strictly between 0 and 1; defaults to the
+    /// model's.
+    #[arg(long, value_name = "T", value_parser = parse_threshold)]
     threshold: Option<f32>,
     /// Also segment the images in subfolders of an input folder; results keep the subfolder
     /// (`IN/a/x.png` → `OUT/a/x.mask.png`). Without it subfolders are skipped with a warning.
@@ -134,11 +135,6 @@ fn stem(p: &Path) -> String {
 
 /// Segments every input; a bad input is reported and the rest still run (exit code 1 then).
 pub fn run(a: SegmentArgs) -> Result<i32> {
-    if let Some(t) = a.threshold {
-        if !(0.0..=1.0).contains(&t) {
-            bail!("--threshold {t} is outside 0..1");
-        }
-    }
     let (model, cfg) = super::load(&a.run, a.threshold)?;
     let icfg = a.nuclei.config(&model.meta)?;
     let mut seg = Segmenter::new(&model, cfg)?;

@@ -192,8 +192,8 @@ impl SegmentConfig {
                 self.tta
             );
         }
-        if !(0.0..=1.0).contains(&self.threshold) {
-            bail!("--threshold {} is outside 0..1", self.threshold);
+        if let Err(e) = crate::contract::check_threshold(self.threshold) {
+            bail!("--threshold {e}");
         }
         if 2 * self.margin >= self.tile {
             bail!(
@@ -334,13 +334,7 @@ impl<B: TileBackend> Segmenter<B> {
                 *p = s * scale;
             }
         }
-        let thr = self.cfg.threshold;
-        let mut finite = true;
-        for (m, p) in self.mask.iter_mut().zip(&self.prob) {
-            finite &= p.is_finite();
-            *m = u8::from(*p > thr);
-        }
-        if !finite {
+        if !threshold_into(&self.prob, self.cfg.threshold, &mut self.mask) {
             // NaN compares false with the threshold: without this the frame would come out empty
             // ("0 nuclei") instead of wrong.
             bail!(
@@ -428,6 +422,13 @@ impl<B: TileBackend> Segmenter<B> {
         &self.mask
     }
 
+    /// The last frame's mask at another threshold, written into `out` (resized to the frame): for
+    /// choosing a threshold on validation images without running the network again.
+    pub fn mask_at(&self, threshold: f32, out: &mut Vec<u8>) {
+        out.resize(self.prob.len(), 0);
+        threshold_into(&self.prob, threshold, out);
+    }
+
     /// The normalized input of the last frame.
     pub fn normalized(&self) -> &[f32] {
         &self.normalized
@@ -445,6 +446,17 @@ impl<B: TileBackend> Segmenter<B> {
         }
         self.mask.iter().map(|&m| m as usize).sum::<usize>() as f32 / self.mask.len() as f32
     }
+}
+
+/// The one foreground rule: `mask[i] = prob[i] > threshold`. Returns false when a probability is
+/// NaN or infinite.
+fn threshold_into(prob: &[f32], threshold: f32, mask: &mut [u8]) -> bool {
+    let mut finite = true;
+    for (m, p) in mask.iter_mut().zip(prob) {
+        finite &= p.is_finite();
+        *m = u8::from(*p > threshold);
+    }
+    finite
 }
 
 /// Copies `src` into `dst` mirrored left-right when bit 0 of `flip` is set and top-bottom when
@@ -621,5 +633,40 @@ mod tests {
         };
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("--tta 3") && e.contains("choose 1"), "{e}");
+    }
+
+    #[test]
+    fn mask_at_applies_the_segment_rule_at_any_threshold() {
+        let (w, h) = (40, 30);
+        let frame: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
+        let mut seg = segmenter(1);
+        seg.segment(&frame, w, h).unwrap();
+        let mut mask = vec![7; 3];
+        seg.mask_at(0.5, &mut mask);
+        assert_eq!(mask, seg.mask());
+        for t in [0.2, 0.7] {
+            seg.mask_at(t, &mut mask);
+            assert_eq!(mask.len(), w * h);
+            for (m, p) in mask.iter().zip(seg.prob()) {
+                assert_eq!(*m, u8::from(*p > t), "p {p} at {t}");
+            }
+        }
+        // The normalized ramp spans both sides of the thresholds: the test sees both answers.
+        assert!(mask.contains(&0) && mask.contains(&1));
+    }
+
+    #[test]
+    fn thresholds_outside_0_1_are_refused_by_name() {
+        for threshold in [0.0, 1.0, f32::NAN] {
+            let cfg = SegmentConfig {
+                threshold,
+                ..segmenter(1).cfg
+            };
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--threshold") && e.contains("between 0 and 1"),
+                "{e}"
+            );
+        }
     }
 }

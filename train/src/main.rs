@@ -127,7 +127,7 @@ enum Command {
         grow: Option<usize>,
         /// The foreground threshold (0..1) to write into the model (`unet_edge.threshold`)
         /// instead of the one the run chose on its validation images.
-        #[arg(long, value_name = "P", value_parser = parse_threshold)]
+        #[arg(long, value_name = "P", value_parser = unet_edge::contract::parse_threshold)]
         threshold: Option<f32>,
     },
     /// Average the weights of several exported checkpoints of one network (e.g. a run's last
@@ -331,14 +331,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// A foreground threshold strictly between 0 and 1 (at 0 or 1 every pixel or none is foreground).
-fn parse_threshold(s: &str) -> Result<f32, String> {
-    s.parse::<f32>()
-        .ok()
-        .filter(|t| *t > 0.0 && *t < 1.0)
-        .ok_or_else(|| {
-            format!("{s:?} is not a threshold; expected a number between 0 and 1, e.g. 0.4")
-        })
 }

@@ -557,15 +557,20 @@ pub fn validate_instances(
         seg.segment(&s.image, s.width, s.height)
             .with_context(|| format!("segmenting validation image {}", n.name))?;
         let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
-        for (k, post) in settings.iter().enumerate() {
-            mask.clear();
-            mask.extend(seg.prob().iter().map(|&p| u8::from(p > post.threshold)));
-            let icfg = InstanceConfig {
-                grow: post.grow,
-                ..InstanceConfig::default()
-            };
-            inst.run(&mask, seg.core(), &s.image, s.width, s.height, &icfg);
-            scores[k].push((group.as_str(), Scores::compare(inst.labels(), &truth)));
+        // Thresholds outside, growths inside: each threshold's mask is made once.
+        let mut k = 0;
+        for &threshold in &THRESHOLDS {
+            seg.mask_at(threshold, &mut mask);
+            for &grow in &GROWTHS {
+                debug_assert_eq!(settings[k], Post { threshold, grow });
+                let icfg = InstanceConfig {
+                    grow,
+                    ..InstanceConfig::default()
+                };
+                inst.run(&mask, seg.core(), &s.image, s.width, s.height, &icfg);
+                scores[k].push((group.as_str(), Scores::compare(inst.labels(), &truth)));
+                k += 1;
+            }
         }
     }
     let summarize = |chosen: &[(&str, Scores)], post: Post| -> WholeImageScores {

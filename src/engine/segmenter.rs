@@ -567,6 +567,11 @@ mod tests {
         }
     }
 
+    /// A frame whose every row is the ramp 0, 1, .., w-1.
+    fn ramp(w: usize, h: usize) -> Vec<f32> {
+        (0..w * h).map(|i| (i % w) as f32).collect()
+    }
+
     fn segmenter(tta: usize) -> Segmenter<ShiftLeft> {
         let tile = 32;
         let cfg = SegmentConfig {
@@ -607,7 +612,7 @@ mod tests {
         // A horizontal ramp: the shift reads x+1, its mirrored pass reads x-1, so their mean
         // is the pixel itself.
         let (w, h) = (90, 50);
-        let frame: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
+        let frame = ramp(w, h);
         let mut one = segmenter(1);
         one.segment(&frame, w, h).unwrap();
         let n = one.normalized().to_vec();
@@ -638,9 +643,8 @@ mod tests {
     #[test]
     fn mask_at_applies_the_segment_rule_at_any_threshold() {
         let (w, h) = (40, 30);
-        let frame: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
         let mut seg = segmenter(1);
-        seg.segment(&frame, w, h).unwrap();
+        seg.segment(&ramp(w, h), w, h).unwrap();
         let mut mask = vec![7; 3];
         seg.mask_at(0.5, &mut mask);
         assert_eq!(mask, seg.mask());

@@ -11,28 +11,6 @@ pub const KEY_NORMALIZATION: &str = "unet_edge.normalization";
 pub const KEY_OUTPUT: &str = "unet_edge.output";
 /// Metadata key: default foreground threshold on the probability.
 pub const KEY_THRESHOLD: &str = "unet_edge.threshold";
-
-/// Checks a foreground threshold: strictly between 0 and 1, since at 0 or 1 every pixel or none
-/// would be foreground. The one rule for `--threshold`, `unet-train export --threshold` and
-/// [`KEY_THRESHOLD`].
-pub fn check_threshold(t: f32) -> Result<f32, String> {
-    if t > 0.0 && t < 1.0 {
-        Ok(t)
-    } else {
-        Err(format!(
-            "{t} is not a foreground threshold; expected a probability strictly between 0 and 1, \
-             e.g. 0.4"
-        ))
-    }
-}
-
-/// The parser of the `--threshold` flags (`segment`, `live`, `unet-train export`).
-pub fn parse_threshold(s: &str) -> Result<f32, String> {
-    let t = s.trim().parse::<f32>().map_err(|_| {
-        format!("{s:?} is not a number; expected a probability strictly between 0 and 1, e.g. 0.4")
-    })?;
-    check_threshold(t)
-}
 /// Metadata key: the tile size the model was trained on.
 pub const KEY_TILE: &str = "unet_edge.tile";
 /// Metadata key: nucleus diameter range in pixels the model expects, e.g. `4-60`.
@@ -44,10 +22,6 @@ pub const KEY_GROW: &str = "unet_edge.grow_px";
 /// Largest accepted [`KEY_GROW`] (and `--grow`): beyond a few pixels growth is no correction.
 pub const MAX_GROW: usize = 8;
 
-/// The parser of the `--grow` flags (`segment`, `live`, `unet-train export`): 0..=[`MAX_GROW`].
-pub fn grow_parser() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(0..=MAX_GROW as u64)
-}
 /// Metadata key: the receptive-field-derived margin the runtime uses by default.
 pub const KEY_MARGIN: &str = "unet_edge.margin";
 /// Metadata key: what each output channel means, comma-separated, e.g. `foreground,core`.
@@ -70,6 +44,33 @@ pub const KEY_VALIDATION: &str = "unet_edge.validation";
 pub const KEY_SEED: &str = "unet_edge.seed";
 /// Metadata key (informational): how `unet-quantize` made an int8 model from a float one.
 pub const KEY_QUANTIZATION: &str = "unet_edge.quantization";
+
+/// The parser of the `--grow` flags (`segment`, `live`, `unet-train export`): 0..=[`MAX_GROW`].
+pub fn grow_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=MAX_GROW as u64)
+}
+
+/// Checks a foreground threshold: strictly between 0 and 1, since at 0 or 1 every pixel or none
+/// would be foreground. The one rule for `--threshold`, `unet-train export --threshold` and
+/// [`KEY_THRESHOLD`].
+pub fn check_threshold(t: f32) -> Result<f32, String> {
+    if t > 0.0 && t < 1.0 {
+        Ok(t)
+    } else {
+        Err(format!(
+            "{t} is not a foreground threshold; expected a probability strictly between 0 and 1, \
+             e.g. 0.4"
+        ))
+    }
+}
+
+/// The parser of the `--threshold` flags (`segment`, `live`, `unet-train export`).
+pub fn parse_threshold(s: &str) -> Result<f32, String> {
+    let t = s.trim().parse::<f32>().map_err(|_| {
+        format!("{s:?} is not a number; expected a probability strictly between 0 and 1, e.g. 0.4")
+    })?;
+    check_threshold(t)
+}
 
 /// Channel names the runtime understands.
 pub const CHANNEL_NAMES: [&str; 2] = ["foreground", "core"];

@@ -545,31 +545,32 @@ pub fn validate_instances(
         },
     )?;
     let mut inst = Instances::new();
-    let settings: Vec<Post> = THRESHOLDS
+    // One (settings, scores per image) entry per threshold and growth, growths fastest: each
+    // chunk of GROWTHS.len() entries shares one threshold, so one mask.
+    let mut scores: Vec<(Post, Vec<(&str, Scores)>)> = THRESHOLDS
         .iter()
-        .flat_map(|&threshold| GROWTHS.iter().map(move |&grow| Post { threshold, grow }))
+        .flat_map(|&threshold| {
+            GROWTHS
+                .iter()
+                .map(move |&grow| (Post { threshold, grow }, Vec::with_capacity(val.len())))
+        })
         .collect();
-    // One network pass per image; the mask and the instance step run once per setting.
-    let mut scores: Vec<Vec<(&str, Scores)>> = vec![Vec::with_capacity(val.len()); settings.len()];
     let mut mask = Vec::new();
     for (group, n) in val {
         let s = &n.sample;
+        // One network pass per image, one mask per threshold, one instance step per setting.
         seg.segment(&s.image, s.width, s.height)
             .with_context(|| format!("segmenting validation image {}", n.name))?;
         let truth: Vec<u32> = s.labels.iter().map(|&l| u32::from(l)).collect();
-        // Thresholds outside, growths inside: each threshold's mask is made once.
-        let mut k = 0;
-        for &threshold in &THRESHOLDS {
-            seg.mask_at(threshold, &mut mask);
-            for &grow in &GROWTHS {
-                debug_assert_eq!(settings[k], Post { threshold, grow });
+        for per_growth in scores.chunks_mut(GROWTHS.len()) {
+            seg.mask_at(per_growth[0].0.threshold, &mut mask);
+            for (post, scored) in per_growth {
                 let icfg = InstanceConfig {
-                    grow,
+                    grow: post.grow,
                     ..InstanceConfig::default()
                 };
                 inst.run(&mask, seg.core(), &s.image, s.width, s.height, &icfg);
-                scores[k].push((group.as_str(), Scores::compare(inst.labels(), &truth)));
-                k += 1;
+                scored.push((group.as_str(), Scores::compare(inst.labels(), &truth)));
             }
         }
     }
@@ -589,8 +590,7 @@ pub fn validate_instances(
     // Ties keep the earlier setting: the model's own threshold and the smaller growth.
     let best = scores
         .iter()
-        .zip(&settings)
-        .map(|(s, &post)| summarize(s, post))
+        .map(|(post, s)| summarize(s, *post))
         .reduce(|a, b| {
             if group_balanced_score(&b.1) > group_balanced_score(&a.1) {
                 b
@@ -998,9 +998,10 @@ pub fn export_run(
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
     let mut state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
+    let chosen = state.best_post();
     let post = Post {
-        threshold: threshold.unwrap_or(state.best_post().threshold),
-        grow: grow.unwrap_or(state.best_grow),
+        threshold: threshold.unwrap_or(chosen.threshold),
+        grow: grow.unwrap_or(chosen.grow),
     };
     if !last {
         // The metadata's step count is the exported checkpoint's, not the run's latest.

@@ -2,12 +2,12 @@
 //! resume and ONNX export of the best checkpoint.
 
 use crate::data::{load_named, make_example, read_groups, Augment, Dataset, Example, Named};
+use crate::loss::{loss, LossSpec};
 use crate::model::UNet;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -82,6 +82,10 @@ pub struct TrainConfig {
     /// tutorial's rates (0.1 / 0.2, 0.3 at the bottleneck); 0 = none (runs before this option).
     #[serde(default)]
     pub dropout: f32,
+    /// Weight of the Lovász hinge on the foreground (per-crop IoU surrogate); 0 = off (runs
+    /// before this option).
+    #[serde(default)]
+    pub lovasz_weight: f32,
 }
 
 fn one() -> usize {
@@ -252,49 +256,6 @@ fn lr_at(cfg: &TrainConfig, step: usize) -> f64 {
 
 fn to_tensor(v: Vec<f32>, n: usize, t: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(v, [n, 1, t, t]), device)
-}
-
-/// Binary cross-entropy on logits (numerically stable) per pixel; soft targets allowed.
-fn bce(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
-    z.clone().clamp_min(0.0) - z.clone() * y + (z.abs().neg().exp() + 1.0).log()
-}
-
-/// Soft Dice loss (1 - Dice) of logits against 0/1 targets.
-fn dice_loss(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
-    let p = sigmoid(z);
-    let inter = (p.clone() * y.clone()).sum();
-    let dice = (inter * 2.0 + 1.0) / (p.sum() + y.sum() + 1.0);
-    dice.neg() + 1.0
-}
-
-/// Foreground: BCE weighted per pixel plus soft Dice. Core channel (when the net has one): BCE
-/// (weighted with the same map under `core_border`, else plain) plus soft Dice against the core
-/// target, times `core_weight`.
-fn loss(
-    logits: Tensor<4>,
-    y: Tensor<4>,
-    c: Tensor<4>,
-    w: Tensor<4>,
-    cfg: &TrainConfig,
-) -> Tensor<1> {
-    let z = logits.clone().narrow(1, 0, 1);
-    let wsum = w.clone().sum();
-    let weighted_bce = |z: Tensor<4>, t: Tensor<4>| (bce(z, t) * w.clone()).sum() / wsum.clone();
-    let mut l = weighted_bce(z.clone(), y.clone());
-    if cfg.dice_weight > 0.0 {
-        l = l + dice_loss(z, y) * cfg.dice_weight;
-    }
-    if cfg.outputs > 1 {
-        let z1 = logits.narrow(1, 1, 1);
-        let core_bce = if cfg.core_border {
-            weighted_bce(z1.clone(), c.clone())
-        } else {
-            bce(z1.clone(), c.clone()).mean()
-        };
-        let core = core_bce + dice_loss(z1, c) * cfg.dice_weight.max(0.5);
-        l = l + core * cfg.core_weight;
-    }
-    l
 }
 
 /// Input, foreground target, core target and loss weight of a batch.
@@ -620,6 +581,12 @@ fn check_options(cfg: &TrainConfig) -> Result<()> {
             cfg.outputs
         );
     }
+    if !(cfg.lovasz_weight >= 0.0 && cfg.lovasz_weight.is_finite()) {
+        bail!(
+            "--lovasz-weight {}: expected a weight of 0 (off) or more, e.g. 1",
+            cfg.lovasz_weight
+        );
+    }
     Ok(())
 }
 
@@ -745,12 +712,13 @@ pub fn train(
     let t_start = Instant::now();
     let seconds_before = state.seconds;
     let start_step = state.step;
+    let loss_spec = LossSpec::of(&cfg);
     while state.step < cfg.steps {
         let step = state.step;
         let examples = batch_of_step(&cfg, &data, &aug, border, step);
         let (x, y, c, w) = batch(&examples, cfg.tile, &device);
         let logits = model.forward_dropout(x, cfg.dropout);
-        let l = loss(logits.clone(), y, c, w, &cfg);
+        let l = loss(logits.clone(), y, c, w, &loss_spec);
         let loss_v = l.clone().into_scalar::<f32>();
         if !loss_v.is_finite() {
             bail!("loss became {loss_v} at step {step}; lower --lr");
@@ -1090,6 +1058,7 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::activation::sigmoid;
     use std::collections::BTreeMap;
     use unet_edge::engine::model::Model;
 
@@ -1216,6 +1185,7 @@ mod tests {
             frame_normalization: false,
             core_border: false,
             dropout: 0.0,
+            lovasz_weight: 0.0,
         }
     }
 
@@ -1481,32 +1451,5 @@ mod tests {
         assert!(lr_at(&c, 0) < lr_at(&c, 19));
         assert!((lr_at(&c, 20) - c.lr).abs() < 1e-6);
         assert!(lr_at(&c, 999) < c.lr * 0.05);
-    }
-
-    #[test]
-    fn core_border_weights_only_the_core_bce() {
-        let device = Device::flex();
-        let t4 = |v: Vec<f32>, c: usize| {
-            Tensor::<4>::from_data(TensorData::new(v, [1, c, 2, 2]), &device)
-        };
-        // The core logit is confidently wrong at pixel 3 (the "contact"), right elsewhere.
-        let logits = || t4(vec![2.0, 2.0, -2.0, -2.0, 3.0, 3.0, -3.0, 3.0], 2);
-        let (y, c) = (
-            || t4(vec![1.0, 1.0, 0.0, 0.0], 1),
-            || t4(vec![1.0, 1.0, 0.0, 0.0], 1),
-        );
-        let value = |w: Vec<f32>, core_border: bool| {
-            let mut cfg = tiny(1);
-            cfg.core_border = core_border;
-            let l = loss(logits(), y(), c(), t4(w, 1), &cfg);
-            l.into_data().try_to_vec::<f32>().unwrap()[0]
-        };
-        let flat = vec![1.0; 4];
-        assert!((value(flat.clone(), true) - value(flat, false)).abs() < 1e-6);
-        // Weighting the wrong pixel raises the loss only when the core BCE is weighted; the
-        // foreground is right everywhere, so its own weighting changes little.
-        let contact = vec![1.0, 1.0, 1.0, 9.0];
-        let (on, off) = (value(contact.clone(), true), value(contact, false));
-        assert!(on > off + 0.5, "core_border {on} vs plain {off}");
     }
 }

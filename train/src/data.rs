@@ -279,6 +279,10 @@ pub struct Augment {
     /// Normalize with the whole source image's percentiles (as the runtime does a frame) instead
     /// of the crop's.
     pub frame_norm: bool,
+    /// Sample on the source's own pixel grid: no zoom, no elastic warp and whole-pixel crop
+    /// positions, so images are not resampled (flips and turns are exact) and the labels' outlines
+    /// stay where the annotators drew them, as the runtime sees a frame.
+    pub native_grid: bool,
     /// Whether to augment at all (off for validation).
     pub enabled: bool,
 }
@@ -307,7 +311,7 @@ pub fn make_example(
 ) -> Example {
     let t = aug.tile;
     let (w, h) = (s.width as f32, s.height as f32);
-    let scale = if aug.enabled {
+    let scale = if aug.enabled && !aug.native_grid {
         (rng.range(aug.scale.0.ln(), aug.scale.1.ln())).exp()
     } else {
         1.0
@@ -324,13 +328,19 @@ pub fn make_example(
     } else {
         h / 2.0
     };
+    // Whole-pixel centres put every sample of an even tile on a source pixel's centre.
+    let (cx, cy) = if aug.native_grid {
+        (cx.round(), cy.round())
+    } else {
+        (cx, cy)
+    };
     let turns = if aug.enabled { rng.below(4) } else { 0 };
     let (flip_x, flip_y) = if aug.enabled {
         (rng.uniform() < 0.5, rng.uniform() < 0.5)
     } else {
         (false, false)
     };
-    let disp = if aug.enabled && rng.uniform() < aug.elastic.0 {
+    let disp = if aug.enabled && !aug.native_grid && rng.uniform() < aug.elastic.0 {
         Some(displacement(rng, t, aug.elastic.1))
     } else {
         None
@@ -602,6 +612,7 @@ mod tests {
             blur: (0.0, 0.0),
             noise: (0.0, 0.0),
             frame_norm: false,
+            native_grid: false,
             enabled: false,
         };
         let e = make_example(&s, &aug, &mut Rng::new(0), None, false);
@@ -632,6 +643,40 @@ mod tests {
         assert!(g.y.iter().zip(&gapped).all(|(y, l)| (*y > 0.5) == (*l > 0)));
         assert!(cut.iter().all(|&i| g.w[i] > 4.0));
         assert_eq!(g.c, e.c, "the core target keeps the whole nuclei");
+    }
+
+    /// A checkerboard keeps exactly two values only when every sample lands on a pixel centre:
+    /// any zoom, warp or sub-pixel offset mixes neighbours into values in between.
+    #[test]
+    fn native_grid_crops_never_resample_the_image() {
+        let (w, h) = (200, 170);
+        let s = synth::Sample {
+            width: w,
+            height: h,
+            image: (0..w * h).map(|i| ((i % w + i / w) % 2) as f32).collect(),
+            labels: vec![0; w * h],
+        };
+        let distinct = |native_grid: bool, seed: u64| {
+            let aug = Augment {
+                tile: 64,
+                scale: (0.6, 1.6),
+                elastic: (1.0, 4.0),
+                blur: (0.0, 1.0),
+                noise: (0.0, 0.1),
+                frame_norm: false,
+                native_grid,
+                enabled: true,
+            };
+            let e = make_example(&s, &aug, &mut Rng::new(seed), None, false);
+            let mut v: Vec<u32> = e.x.iter().map(|p| p.to_bits()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        };
+        for seed in 0..8 {
+            assert_eq!(distinct(true, seed), 2, "seed {seed}");
+            assert!(distinct(false, seed) > 50, "seed {seed}");
+        }
     }
 
     #[test]

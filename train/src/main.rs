@@ -107,6 +107,11 @@ enum Command {
         /// the outlines' overlap, which the DSB2018 score measures. 0 = off.
         #[arg(long, value_name = "W", default_value_t = 0.0)]
         lovasz_weight: f32,
+        /// Cut training crops on the images' own pixel grid: no zoom, no elastic warp, whole-pixel
+        /// positions (flips, turns, gamma, blur and noise stay), so neither the image nor the
+        /// annotated outlines are resampled; meant for fine-tuning a net trained with zoom.
+        #[arg(long)]
+        native_grid: bool,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -223,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
             core_border,
             dropout,
             lovasz_weight,
+            native_grid,
             init_from,
             resume,
         } => {
@@ -250,6 +256,7 @@ fn run(cli: Cli) -> Result<()> {
                 core_border,
                 dropout,
                 lovasz_weight,
+                native_grid,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -86,6 +86,10 @@ pub struct TrainConfig {
     /// before this option).
     #[serde(default)]
     pub lovasz_weight: f32,
+    /// Training crops on the images' own pixel grid (no zoom, no elastic warp, whole-pixel
+    /// positions); false for runs before this option.
+    #[serde(default)]
+    pub native_grid: bool,
 }
 
 fn one() -> usize {
@@ -366,6 +370,7 @@ fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
         blur: (0.0, 0.0),
         noise: (0.0, 0.0),
         frame_norm: cfg.frame_normalization,
+        native_grid: false,
         enabled: false,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -694,6 +699,7 @@ pub fn train(
         blur: (0.25, 1.5),
         noise: (0.3, 0.08),
         frame_norm: cfg.frame_normalization,
+        native_grid: cfg.native_grid,
         enabled: true,
     };
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
@@ -1186,6 +1192,7 @@ mod tests {
             core_border: false,
             dropout: 0.0,
             lovasz_weight: 0.0,
+            native_grid: false,
         }
     }
 

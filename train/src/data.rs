@@ -287,6 +287,22 @@ pub struct Augment {
     pub enabled: bool,
 }
 
+impl Augment {
+    /// No augmentation: centred crops at scale 1, as validation cuts them.
+    pub fn none(tile: usize, frame_norm: bool) -> Augment {
+        Augment {
+            tile,
+            scale: (1.0, 1.0),
+            elastic: (0.0, 0.0),
+            blur: (0.0, 0.0),
+            noise: (0.0, 0.0),
+            frame_norm,
+            native_grid: false,
+            enabled: false,
+        }
+    }
+}
+
 /// One training example: normalized input, targets, per-pixel loss weight.
 pub struct Example {
     /// Normalized image, `tile`x`tile`.
@@ -605,16 +621,7 @@ mod tests {
     #[test]
     fn example_without_augmentation_keeps_labels_aligned() {
         let s = synth::generate(&mut Rng::new(5), 128, 128, &SynthConfig::default());
-        let aug = Augment {
-            tile: 128,
-            scale: (1.0, 1.0),
-            elastic: (0.0, 0.0),
-            blur: (0.0, 0.0),
-            noise: (0.0, 0.0),
-            frame_norm: false,
-            native_grid: false,
-            enabled: false,
-        };
+        let aug = Augment::none(128, false);
         let e = make_example(&s, &aug, &mut Rng::new(0), None, false);
         let same =
             e.y.iter()
@@ -658,14 +665,11 @@ mod tests {
         };
         let distinct = |native_grid: bool, seed: u64| {
             let aug = Augment {
-                tile: 64,
                 scale: (0.6, 1.6),
                 elastic: (1.0, 4.0),
-                blur: (0.0, 1.0),
-                noise: (0.0, 0.1),
-                frame_norm: false,
                 native_grid,
                 enabled: true,
+                ..Augment::none(64, false)
             };
             let e = make_example(&s, &aug, &mut Rng::new(seed), None, false);
             let mut v: Vec<u32> = e.x.iter().map(|p| p.to_bits()).collect();

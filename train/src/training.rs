@@ -363,16 +363,7 @@ type Loaded = (Dataset, Vec<Example>, Vec<(String, Named)>);
 
 fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
     let t = cfg.tile;
-    let val_aug = Augment {
-        tile: t,
-        scale: (1.0, 1.0),
-        elastic: (0.0, 0.0),
-        blur: (0.0, 0.0),
-        noise: (0.0, 0.0),
-        frame_norm: cfg.frame_normalization,
-        native_grid: false,
-        enabled: false,
-    };
+    let val_aug = Augment::none(t, cfg.frame_normalization);
     let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
     if cfg.data == "synthetic" {
         // 1.5 tiles: context enough for the 0.6x zoom-out of augmentation, at half the cost of 2.

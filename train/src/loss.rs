@@ -50,16 +50,15 @@ fn dice_loss(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
 /// errors sorted from the largest, each pixel's weight is how much the Jaccard loss grows when it
 /// joins the set of errors. The hinge summed with these weights is the tight convex surrogate of
 /// 1 - IoU, and its gradient is the hinge's times these weights, which stay constant as long as
-/// the order of the errors does; so they are computed from detached values.
-pub fn lovasz_weights(logits: &[f32], truth: &[f32], out: &mut Vec<f32>) {
+/// the order of the errors does; so they are computed from detached values. `out` has one entry
+/// per pixel.
+pub fn lovasz_weights(logits: &[f32], truth: &[f32], out: &mut [f32]) {
     let n = logits.len();
     let fg = |i: usize| truth[i] > 0.5;
     let error = |i: usize| 1.0 - logits[i] * if fg(i) { 1.0 } else { -1.0 };
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_unstable_by(|&a, &b| error(b).total_cmp(&error(a)));
     let positives = (0..n).filter(|&i| fg(i)).count() as f64;
-    out.clear();
-    out.resize(n, 0.0);
     let (mut missed, mut spurious, mut prev) = (0.0f64, 0.0f64, 0.0f64);
     for &i in &order {
         if fg(i) {
@@ -85,11 +84,9 @@ fn lovasz_hinge(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
     };
     let (zv, yv) = (host(z.clone()), host(y.clone()));
     let px = h * w;
-    let mut weights = Vec::with_capacity(n * px);
-    let mut one = Vec::with_capacity(px);
-    for (zc, yc) in zv.chunks(px).zip(yv.chunks(px)) {
-        lovasz_weights(zc, yc, &mut one);
-        weights.extend_from_slice(&one);
+    let mut weights = vec![0.0; n * px];
+    for ((zc, yc), out) in zv.chunks(px).zip(yv.chunks(px)).zip(weights.chunks_mut(px)) {
+        lovasz_weights(zc, yc, out);
     }
     let device = z.device();
     let wt = Tensor::<4>::from_data(TensorData::new(weights, [n, 1, h, w]), &device);
@@ -226,13 +223,14 @@ mod tests {
     #[test]
     fn lovasz_weights_sum_to_the_jaccard_loss_of_all_errors_and_are_never_negative() {
         // Every pixel wrong: the weights add up to the Jaccard loss of the whole crop, 1.
-        let mut w = Vec::new();
+        let mut w = vec![0.0; 4];
         lovasz_weights(&[-2.0, 3.0, -0.5, 1.0], &[1.0, 0.0, 1.0, 0.0], &mut w);
         assert!(w.iter().all(|&v| v >= 0.0), "{w:?}");
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{w:?}");
         // The largest error (the confident false positive) weighs most.
         assert_eq!(w.iter().cloned().fold(0.0, f32::max), w[1]);
         // An empty crop: only its single worst false positive counts.
+        let mut w = vec![0.0; 3];
         lovasz_weights(&[-3.0, 0.5, -1.0], &[0.0, 0.0, 0.0], &mut w);
         assert_eq!(w, vec![0.0, 1.0, 0.0]);
     }

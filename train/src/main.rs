@@ -105,7 +105,7 @@ enum Command {
         /// Weight of the Lovász hinge on the foreground, a convex surrogate of each crop's
         /// 1 - IoU (Berman et al. 2018), added to BCE and soft Dice: it aims the training at
         /// the outlines' overlap, which the DSB2018 score measures. 0 = off.
-        #[arg(long, value_name = "W", default_value_t = 0.0)]
+        #[arg(long, value_name = "W", default_value_t = 0.0, value_parser = loss_weight)]
         lovasz_weight: f32,
         /// Cut training crops on the images' own pixel grid: no zoom, no elastic warp, whole-pixel
         /// positions (flips, turns, gamma, blur and noise stay), so neither the image nor the
@@ -190,6 +190,16 @@ fn dropout_scale(s: &str) -> Result<f32, String> {
         Ok(v) if (0.0..=3.0).contains(&v) => Ok(v),
         _ => Err(format!(
             "{s:?} is not a dropout scale in 0..=3 (1 = the tutorial's rates)"
+        )),
+    }
+}
+
+/// `--lovasz-weight`: a finite weight of 0 (off) or more.
+fn loss_weight(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a loss weight: expected 0 (off) or more, e.g. 1"
         )),
     }
 }
@@ -344,6 +354,21 @@ fn run(cli: Cli) -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_weights_must_be_finite_and_not_negative() {
+        assert_eq!(loss_weight("0"), Ok(0.0));
+        assert_eq!(loss_weight("1.5"), Ok(1.5));
+        for bad in ["-1", "NaN", "inf", "one"] {
+            let e = loss_weight(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("0 (off) or more"), "{e}");
         }
     }
 }

@@ -577,12 +577,6 @@ fn check_options(cfg: &TrainConfig) -> Result<()> {
             cfg.outputs
         );
     }
-    if !(cfg.lovasz_weight >= 0.0 && cfg.lovasz_weight.is_finite()) {
-        bail!(
-            "--lovasz-weight {}: expected a weight of 0 (off) or more, e.g. 1",
-            cfg.lovasz_weight
-        );
-    }
     Ok(())
 }
 

@@ -31,7 +31,7 @@ fn instances(c: &mut Criterion) {
         let (mask, core) = (seg.mask().to_vec(), seg.core().map(<[f32]>::to_vec));
         let mut inst = Instances::new();
         g.bench_function(name, |b| {
-            b.iter(|| inst.run(&mask, core.as_deref(), &image, w, h, &cfg))
+            b.iter(|| inst.run(&mask, core.as_deref().into(), &image, w, h, &cfg))
         });
     }
     g.finish();

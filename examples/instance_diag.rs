@@ -135,7 +135,7 @@ fn main() -> Result<()> {
             (seg.mask(), seg.core()),
         ];
         for (k, (m, d)) in runs.into_iter().enumerate() {
-            inst.run(m, d, &s.image, 256, 256, &icfg);
+            inst.run(m, d.into(), &s.image, 256, 256, &icfg);
             scores[k].accumulate(&Scores::compare(inst.labels(), &truth));
             by_size(inst.labels(), &truth, &mut rec[k], &mut prec[k]);
         }

@@ -30,7 +30,7 @@ fn f1(cases: &[Case], cfg: &InstanceConfig) -> f64 {
     let mut inst = Instances::new();
     let mut s = Scores::default();
     for c in cases {
-        inst.run(&c.mask, c.core.as_deref(), &c.image, c.w, c.h, cfg);
+        inst.run(&c.mask, c.core.as_deref().into(), &c.image, c.w, c.h, cfg);
         s.accumulate(&Scores::compare(inst.labels(), &c.truth));
     }
     s.f1_at_05

@@ -30,6 +30,11 @@ pub const KEY_MARGIN: &str = "unet_edge.margin";
 /// line where two nuclei touch and so separates them. Absent: one `foreground` channel.
 pub const KEY_CHANNELS: &str = "unet_edge.channels";
 
+/// Metadata key: how many star-convex ray-distance channels follow the named channels (see
+/// [`crate::post::star`]); they need the `core` channel, whose scores rank the polygons.
+/// Absent: none.
+pub const KEY_STAR_RAYS: &str = "unet_edge.star_rays";
+
 /// Metadata key (informational): the architecture that wrote the graph, e.g. `unet base=16 depth=4`.
 pub const KEY_ARCHITECTURE: &str = "unet_edge.architecture";
 /// Metadata key (informational): what the model was trained on (`synthetic` or a folder).
@@ -101,6 +106,8 @@ pub struct ModelMeta {
     pub channels: Vec<String>,
     /// Default growth of each nucleus in px ([`KEY_GROW`]; 0 when absent).
     pub grow: usize,
+    /// Star-convex ray channels after the named ones ([`KEY_STAR_RAYS`]; 0 when absent).
+    pub star_rays: usize,
     /// All metadata entries, verbatim.
     pub props: BTreeMap<String, String>,
 }
@@ -115,6 +122,7 @@ impl Default for ModelMeta {
             margin: None,
             channels: vec![CHANNEL_NAMES[0].to_string()],
             grow: 0,
+            star_rays: 0,
             props: BTreeMap::new(),
         }
     }
@@ -171,6 +179,17 @@ impl ModelMeta {
             }
             m.channels = names;
         }
+        if let Some(r) = usize_key(KEY_STAR_RAYS)? {
+            if r != 0
+                && (!(3..=crate::post::star::MAX_RAYS).contains(&r) || m.core_channel().is_none())
+            {
+                bail!(
+                    "metadata {KEY_STAR_RAYS} is {r}; expected 3..={} rays after a core channel",
+                    crate::post::star::MAX_RAYS
+                );
+            }
+            m.star_rays = r;
+        }
         m.props = props;
         Ok(m)
     }
@@ -198,7 +217,15 @@ impl ModelMeta {
         if self.grow > 0 {
             p.insert(KEY_GROW.into(), self.grow.to_string());
         }
+        if self.star_rays > 0 {
+            p.insert(KEY_STAR_RAYS.into(), self.star_rays.to_string());
+        }
         p
+    }
+
+    /// Output channels the model's graph must give: the named ones, then the star rays.
+    pub fn output_channels(&self) -> usize {
+        self.channels.len() + self.star_rays
     }
 
     /// Index of the `core` channel, when the model has one.
@@ -222,7 +249,10 @@ mod tests {
         m2.margin = Some(24);
         m2.channels = vec!["foreground".into(), "core".into()];
         m2.grow = 1;
+        m2.star_rays = 32;
         let back = ModelMeta::from_props(m2.to_props()).unwrap();
+        assert_eq!((back.star_rays, back.output_channels()), (32, 34));
+        assert_eq!((m.star_rays, m.output_channels()), (0, 1));
         assert_eq!(back.core_channel(), Some(1));
         assert_eq!(m.core_channel(), None);
         assert_eq!(back.output, OutputKind::Logits);
@@ -249,6 +279,24 @@ mod tests {
             let e = ModelMeta::from_props([(k.to_string(), v.to_string())].into()).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");
         }
+        // Star rays need the core channel that ranks their polygons, and 3..=MAX_RAYS of them.
+        let with_core = |rays: &str| {
+            ModelMeta::from_props(
+                [
+                    (KEY_CHANNELS.to_string(), "foreground,core".to_string()),
+                    (KEY_STAR_RAYS.to_string(), rays.to_string()),
+                ]
+                .into(),
+            )
+        };
+        assert_eq!(with_core("32").unwrap().star_rays, 32);
+        for bad in ["2", "65", "x"] {
+            let e = with_core(bad).unwrap_err();
+            assert!(format!("{e:#}").contains(KEY_STAR_RAYS), "{bad}: {e:#}");
+        }
+        let e = ModelMeta::from_props([(KEY_STAR_RAYS.to_string(), "32".to_string())].into())
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("core channel"), "{e:#}");
     }
 
     #[test]

@@ -222,7 +222,7 @@ where
             let timing = seg.segment(&front.data, front.width, front.height)?;
             inst.run(
                 seg.mask(),
-                seg.core(),
+                seg.guide(),
                 &front.data,
                 front.width,
                 front.height,

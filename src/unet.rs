@@ -16,7 +16,8 @@ pub struct UNetSpec {
     pub base: usize,
     /// Number of 2x down-sampling steps (4 in the seed).
     pub depth: usize,
-    /// Output channels: 1 (foreground, the seed) or 2 (foreground, core).
+    /// Output channels: 1 (foreground, the seed), 2 (foreground, core), or 2 + R: foreground,
+    /// core and R star-convex ray distances (see [`crate::post::star`]).
     pub outputs: usize,
 }
 
@@ -165,10 +166,20 @@ fn parse_architecture(s: &str) -> Result<UNetSpec> {
             _ => bail!("architecture {s:?}: unknown key {k:?} (base, depth, outputs)"),
         }
     }
-    if spec.base == 0 || spec.depth == 0 || spec.depth > 8 || !(1..=2).contains(&spec.outputs) {
-        bail!("architecture {s:?}: base and depth (1..=8) must be positive, outputs 1 or 2");
+    if spec.base == 0 || spec.depth == 0 || spec.depth > 8 || !outputs_have_meaning(spec.outputs) {
+        bail!(
+            "architecture {s:?}: base and depth (1..=8) must be positive, outputs 1, 2 or 2 + \
+             3..={} star rays",
+            crate::post::star::MAX_RAYS
+        );
     }
     Ok(spec)
+}
+
+/// Whether a head of `outputs` channels means something in the contract: foreground, core, then
+/// 3 to [`crate::post::star::MAX_RAYS`] star rays.
+pub fn outputs_have_meaning(outputs: usize) -> bool {
+    (1..=2).contains(&outputs) || (5..=2 + crate::post::star::MAX_RAYS).contains(&outputs)
 }
 
 /// Resolution level (number of 2x downsamplings) at which a named layer runs.
@@ -324,17 +335,18 @@ impl UNetWeights {
     pub fn to_onnx(&self, meta: &ModelMeta) -> Result<pb::ModelProto> {
         self.validate()?;
         let names = &crate::contract::CHANNEL_NAMES;
-        if self.spec.outputs == 0 || self.spec.outputs > names.len() {
+        if !outputs_have_meaning(self.spec.outputs) {
             bail!(
-                "a U-Net head with {} outputs has no meaning in the contract (1 or 2)",
-                self.spec.outputs
+                "a U-Net head with {} outputs has no meaning in the contract (1, 2 or 2 + 3..={} \
+                 star rays)",
+                self.spec.outputs,
+                crate::post::star::MAX_RAYS
             );
         }
+        let named = self.spec.outputs.min(names.len());
         let meta = ModelMeta {
-            channels: names[..self.spec.outputs]
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            channels: names[..named].iter().map(|c| c.to_string()).collect(),
+            star_rays: self.spec.outputs - named,
             ..meta.clone()
         };
         let out_shape = [
@@ -542,7 +554,7 @@ mod tests {
             .retain(|t| !t.name.starts_with("mid.conv2.bias"));
         let e = UNetWeights::from_onnx(&missing).unwrap_err().to_string();
         assert!(e.contains("layer mid.conv2"), "{e}");
-        assert!(parse_architecture("unet base=16 depth=4 outputs=9").is_err());
+        assert!(parse_architecture("unet base=16 depth=4 outputs=3").is_err());
         assert_eq!(
             parse_architecture("unet base=16 depth=4").unwrap(),
             UNetSpec::default()
@@ -559,6 +571,29 @@ mod tests {
         // ~870 M MAC per 128x128 tile for this architecture.
         let macs = s.macs(128);
         assert!((860_000_000..880_000_000).contains(&macs), "{macs}");
+    }
+
+    #[test]
+    fn a_star_head_is_written_as_foreground_core_and_rays_and_read_back() {
+        let spec = UNetSpec {
+            base: 4,
+            depth: 2,
+            outputs: 2 + 8,
+        };
+        let wts = spec.random_weights(3);
+        let bytes = onnx_writer::encode(&wts.to_onnx(&ModelMeta::default()).unwrap());
+        let meta = crate::engine::model::Model::from_bytes(&bytes, "test")
+            .unwrap()
+            .meta;
+        assert_eq!(meta.channels, ["foreground", "core"]);
+        assert_eq!((meta.star_rays, meta.output_channels()), (8, 10));
+        let back = UNetWeights::from_onnx(&onnx_writer::decode(&bytes).unwrap());
+        assert_eq!(back.unwrap().spec, spec);
+        // Two or three rays make no polygon: no such head is written.
+        for outputs in [3, 4, 2 + crate::post::star::MAX_RAYS + 1] {
+            let wts = UNetSpec { outputs, ..spec }.random_weights(3);
+            assert!(wts.to_onnx(&ModelMeta::default()).is_err(), "{outputs}");
+        }
     }
 
     #[test]

@@ -20,8 +20,22 @@ use unet_edge::rng::Rng;
 struct BoxFilter {
     tile: usize,
     batch: usize,
+    /// Output channels, each the same filtered tile (a star model's foreground, core and rays).
+    channels: usize,
     input: Vec<f32>,
     output: Vec<f32>,
+}
+
+impl BoxFilter {
+    fn new(tile: usize, batch: usize, channels: usize) -> BoxFilter {
+        BoxFilter {
+            tile,
+            batch,
+            channels,
+            input: vec![0.0; batch * tile * tile],
+            output: vec![0.0; batch * channels * tile * tile],
+        }
+    }
 }
 
 impl TileBackend for BoxFilter {
@@ -31,11 +45,14 @@ impl TileBackend for BoxFilter {
     fn input_mut(&mut self) -> &mut [f32] {
         &mut self.input
     }
+    fn channels(&self) -> usize {
+        self.channels
+    }
     fn run(&mut self) -> anyhow::Result<&[f32]> {
-        let t = self.tile;
-        for b in 0..self.batch {
+        let (t, c) = (self.tile, self.channels);
+        for b in 0..self.batch * c {
             let (i, o) = (
-                &self.input[b * t * t..(b + 1) * t * t],
+                &self.input[b / c * t * t..(b / c + 1) * t * t],
                 &mut self.output[b * t * t..(b + 1) * t * t],
             );
             for y in 0..t {
@@ -65,15 +82,20 @@ fn frame(seed: u64, w: usize, h: usize) -> Vec<f32> {
 #[test]
 fn frame_loop_allocates_nothing_after_the_first_frame() {
     let _g = LOCK.lock().unwrap();
-    // --tta 4 adds a mirrored copy of the frame and two sums: sized once, like the rest.
-    for tta in [1, 4] {
+    // --tta 4 adds a mirrored copy of the frame and two sums: sized once, like the rest. A
+    // star model's ray planes are stitched into buffers sized once too.
+    let star = ModelMeta {
+        channels: vec!["foreground".into(), "core".into()],
+        star_rays: 8,
+        ..ModelMeta::default()
+    };
+    for (tta, meta) in [
+        (1, ModelMeta::default()),
+        (4, ModelMeta::default()),
+        (1, star),
+    ] {
         let (tile, batch) = (64, 2);
-        let backend = BoxFilter {
-            tile,
-            batch,
-            input: vec![0.0; batch * tile * tile],
-            output: vec![0.0; batch * tile * tile],
-        };
+        let backend = BoxFilter::new(tile, batch, meta.output_channels());
         let cfg = SegmentConfig {
             tile,
             margin: 8,
@@ -82,7 +104,7 @@ fn frame_loop_allocates_nothing_after_the_first_frame() {
             threshold: 0.5,
             tta,
         };
-        let mut seg = Segmenter::with_backends(ModelMeta::default(), cfg, vec![backend]).unwrap();
+        let mut seg = Segmenter::with_backends(meta, cfg, vec![backend]).unwrap();
         let (w, h) = (300, 173);
         let frames: Vec<Vec<f32>> = (0..21).map(|i| frame(i, w, h)).collect();
         seg.segment(&frames[0], w, h).unwrap();
@@ -107,12 +129,7 @@ fn frame_loop_allocates_nothing_after_the_first_frame() {
 #[test]
 fn counter_sees_allocations_when_the_frame_size_changes() {
     let _g = LOCK.lock().unwrap();
-    let backend = BoxFilter {
-        tile: 32,
-        batch: 1,
-        input: vec![0.0; 1024],
-        output: vec![0.0; 1024],
-    };
+    let backend = BoxFilter::new(32, 1, 1);
     let cfg = SegmentConfig {
         tile: 32,
         margin: 4,
@@ -131,32 +148,55 @@ fn counter_sees_allocations_when_the_frame_size_changes() {
 #[test]
 fn instance_separation_allocates_nothing_after_the_first_frame() {
     let _g = LOCK.lock().unwrap();
-    use unet_edge::post::instances::{InstanceConfig, Instances};
+    use unet_edge::post::instances::{Guide, InstanceConfig, Instances};
+    use unet_edge::post::star::{ray_targets, StarMaps};
     use unet_edge::synth::{generate, SynthConfig};
     let (w, h) = (256, 200);
     let samples: Vec<_> = (0..11)
         .map(|i| generate(&mut Rng::new(i), w, h, &SynthConfig::default()))
         .collect();
     let masks: Vec<Vec<u8>> = samples.iter().map(|s| s.mask()).collect();
-    // Every other frame with a distance channel, as a two-channel model gives it.
-    let dists: Vec<Option<Vec<f32>>> = samples
+    // Frames in turn with the mask alone, a core channel (as a two-channel model gives it), and
+    // star rays (here the exact ray targets of the frame's nuclei).
+    let rays = 16;
+    let guides: Vec<(Vec<f32>, Vec<f32>)> = samples
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            (i % 2 == 0).then(|| unet_edge::post::targets::normalized_distance(&s.labels, w, h))
+        .map(|s| {
+            let core = unet_edge::post::targets::normalized_distance(&s.labels, w, h);
+            let (mut d, mut known) = (vec![0.0; rays * w * h], vec![0.0; rays * w * h]);
+            ray_targets(&s.labels, w, h, rays, &mut d, &mut known);
+            (core, d)
         })
         .collect();
+    let guide = |i: usize| match i % 3 {
+        0 => Guide::Mask,
+        1 => Guide::Core(&guides[i].0),
+        _ => Guide::Star(StarMaps {
+            core: &guides[i].0,
+            rays: &guides[i].1,
+            n_rays: rays,
+        }),
+    };
     let mut inst = Instances::new();
     let cfg = InstanceConfig::default();
     // Warm up on the most crowded frame so the nuclei table has its largest capacity.
     let busiest = (0..samples.len())
         .max_by_key(|&i| samples[i].count())
         .unwrap();
-    inst.run(&masks[busiest], None, &samples[busiest].image, w, h, &cfg);
+    for k in 0..3 {
+        inst.run(
+            &masks[busiest],
+            guide(k),
+            &samples[busiest].image,
+            w,
+            h,
+            &cfg,
+        );
+    }
     let (total, allocs, bytes) = count(|| {
         let mut total = 0;
-        for ((m, s), d) in masks.iter().zip(&samples).zip(&dists).skip(1) {
-            total += inst.run(m, d.as_deref(), &s.image, w, h, &cfg);
+        for (i, (m, s)) in masks.iter().zip(&samples).enumerate().skip(1) {
+            total += inst.run(m, guide(i), &s.image, w, h, &cfg);
         }
         total
     });

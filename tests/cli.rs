@@ -791,3 +791,64 @@ fn the_int8_kernels_give_the_references_results_byte_for_byte() {
         );
     }
 }
+
+#[test]
+fn a_star_model_segments_through_its_polygons_and_refuses_mirroring() {
+    let spec = unet_edge::unet::UNetSpec {
+        base: 4,
+        depth: 2,
+        outputs: 2 + 16,
+    };
+    let bytes = unet_edge::onnx_writer::encode(
+        &spec
+            .random_weights(5)
+            .to_onnx(&ModelMeta::default())
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model = util::write(dir.path(), "star.onnx", &bytes);
+    let info = util::run_ok(&["info", "--model", &model]);
+    assert!(info.contains("foreground, core and 16 star rays"), "{info}");
+    let img = dir.path().join("cells.png");
+    let s = generate(&mut Rng::new(8), 120, 90, &SynthConfig::default());
+    save_gray16(&img, 120, 90, s.image.iter().map(|v| *v as u16).collect()).unwrap();
+    let out = dir.path().join("out");
+    let stdout = util::run_ok(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &model,
+        "--tile",
+        "32",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(120), Some(90))
+    );
+    let labels = image::open(out.join("cells.labels.png"))
+        .unwrap()
+        .to_luma16();
+    let ids: std::collections::BTreeSet<u16> = labels.pixels().map(|p| p.0[0]).collect();
+    // Whatever random weights find, the label image numbers exactly the nuclei reported.
+    assert_eq!(
+        ids.iter().filter(|&&l| l > 0).count() as u64,
+        j["nuclei"].as_u64().unwrap(),
+        "{j}"
+    );
+    util::fails_with(
+        &[
+            "segment",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            &model,
+            "--tta",
+            "4",
+        ],
+        &["--tta 4", "star-convex rays"],
+    );
+}

@@ -19,11 +19,16 @@ pub fn run(a: InfoArgs) -> Result<i32> {
     println!("model:       {}", model.source);
     println!("input:       f32 [{}, 1, {t}, {t}]", cfg.batch);
     println!(
-        "output:      f32 [{}, {}, {t}, {t}] ({:?}; channels: {})",
+        "output:      f32 [{}, {}, {t}, {t}] ({:?}; channels: {}{})",
         cfg.batch,
-        model.meta.channels.len(),
+        model.meta.output_channels(),
         model.meta.output,
-        model.meta.channels.join(", ")
+        model.meta.channels.join(", "),
+        if model.meta.star_rays > 0 {
+            format!(" and {} star rays", model.meta.star_rays)
+        } else {
+            String::new()
+        }
     );
     println!("parameters:  {}", model.parameters());
     let macs = model.macs_per_tile(t)?;

@@ -192,7 +192,7 @@ fn segment_one(
     let timing = seg
         .segment(&img.data, w, h)
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-    let count = inst.run(seg.mask(), seg.core(), &img.data, w, h, icfg);
+    let count = inst.run(seg.mask(), seg.guide(), &img.data, w, h, icfg);
     if count > u16::MAX as usize {
         // labels.png holds 16-bit ids; clamping would merge the extra nuclei into one.
         bail!(

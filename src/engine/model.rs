@@ -193,15 +193,20 @@ impl Model {
             })?
             .into_decluttered()?;
         let out = model.output_fact(0)?;
-        let c = self.meta.channels.len();
+        let c = self.meta.output_channels();
         let want: TVec<TDim> = [batch, c, tile, tile].iter().map(|&d| d.into()).collect();
         if out.shape.to_tvec() != want || out.datum_type != f32::datum_type() {
             bail!(
-                "model {}: output for a {tile}x{tile} tile is {:?} {:?}; expected f32 [{batch},{c},{tile},{tile}] ({c} channel(s) of the input's size: {})",
+                "model {}: output for a {tile}x{tile} tile is {:?} {:?}; expected f32 [{batch},{c},{tile},{tile}] ({c} channel(s) of the input's size: {}{})",
                 self.source,
                 out.datum_type,
                 out.shape,
-                self.meta.channels.join(", ")
+                self.meta.channels.join(", "),
+                if self.meta.star_rays > 0 {
+                    format!(" and {} star rays", self.meta.star_rays)
+                } else {
+                    String::new()
+                }
             );
         }
         Ok(model)
@@ -217,7 +222,7 @@ impl Model {
             plan,
             batch,
             tile,
-            channels: self.meta.channels.len(),
+            channels: self.meta.output_channels(),
         })
     }
 

@@ -7,6 +7,8 @@ use crate::contract::{ModelMeta, OutputKind};
 use crate::engine::model::{Model, TilePlan, TileRunner};
 use crate::engine::tiling::TileGrid;
 use crate::engine::workers::Workers;
+use crate::post::instances::Guide;
+use crate::post::star::StarMaps;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -120,6 +122,8 @@ pub struct Segmenter<B: TileBackend = TileRunner> {
     prob: Vec<f32>,
     /// Stitched `core` channel, when the model has one (else empty).
     core: Vec<f32>,
+    /// Stitched star-ray channels, one plane per ray, when the model has them (else empty).
+    rays: Vec<f32>,
     /// With `tta` > 1: the mirrored input of the current pass, and the sums of the passes'
     /// probabilities and core channels (else empty).
     mirrored: Vec<f32>,
@@ -136,6 +140,8 @@ struct SharedOut {
     tile_ms: *mut f32,
     /// Where the core channel goes, with its channel index; `None` when not wanted.
     core: Option<(*mut f32, usize)>,
+    /// Where the star-ray planes go (plane stride = frame pixels), their first channel and count.
+    rays: Option<(*mut f32, usize, usize)>,
 }
 // SAFETY: every tile owns a disjoint output rectangle and a distinct timing slot (TileGrid::owned).
 unsafe impl Send for SharedOut {}
@@ -229,12 +235,27 @@ impl<B: TileBackend> Segmenter<B> {
         if runners.is_empty() || runners.iter().any(|r| r.batch() != cfg.batch) {
             bail!("need at least one backend, each with batch {}", cfg.batch);
         }
-        if runners.iter().any(|r| r.channels() != meta.channels.len()) {
+        if runners
+            .iter()
+            .any(|r| r.channels() != meta.output_channels())
+        {
             bail!(
-                "the model's metadata names {} output channel(s) ({}), the backend gives {}",
-                meta.channels.len(),
+                "the model's metadata names {} output channel(s) ({}{}), the backend gives {}",
+                meta.output_channels(),
                 meta.channels.join(","),
+                if meta.star_rays > 0 {
+                    format!(" and {} star rays", meta.star_rays)
+                } else {
+                    String::new()
+                },
                 runners[0].channels()
+            );
+        }
+        if meta.star_rays > 0 && cfg.tta > 1 {
+            bail!(
+                "--tta {} is not supported for a model with star-convex rays (mirroring would \
+                 have to permute the rays); use --tta 1",
+                cfg.tta
             );
         }
         let workers = Workers::new(runners.len() - 1)?;
@@ -248,6 +269,7 @@ impl<B: TileBackend> Segmenter<B> {
             scratch: Vec::new(),
             prob: Vec::new(),
             core: Vec::new(),
+            rays: Vec::new(),
             mirrored: Vec::new(),
             prob_sum: Vec::new(),
             core_sum: Vec::new(),
@@ -276,6 +298,7 @@ impl<B: TileBackend> Segmenter<B> {
             if has_core {
                 self.core.resize(n, 0.0);
             }
+            self.rays.resize(self.meta.star_rays * n, 0.0);
             if self.cfg.tta > 1 {
                 self.mirrored.resize(n, 0.0);
                 self.prob_sum.resize(n, 0.0);
@@ -349,7 +372,12 @@ impl<B: TileBackend> Segmenter<B> {
     /// Logit models: turns the stitched maps into probabilities (averaging passes needs them).
     fn apply_sigmoid(&mut self) {
         if self.meta.output == OutputKind::Logits {
-            for p in self.prob.iter_mut().chain(self.core.iter_mut()) {
+            for p in self
+                .prob
+                .iter_mut()
+                .chain(self.core.iter_mut())
+                .chain(self.rays.iter_mut())
+            {
                 *p = 1.0 / (1.0 + (-*p).exp());
             }
         }
@@ -369,6 +397,11 @@ impl<B: TileBackend> Segmenter<B> {
                 .meta
                 .core_channel()
                 .map(|c| (self.core.as_mut_ptr(), c)),
+            rays: (self.meta.star_rays > 0).then_some((
+                self.rays.as_mut_ptr(),
+                self.meta.channels.len(),
+                self.meta.star_rays,
+            )),
         };
         let normalized = if from_mirrored {
             &self.mirrored
@@ -415,6 +448,20 @@ impl<B: TileBackend> Segmenter<B> {
     /// The stitched `core` channel of the last frame, when the model has one.
     pub fn core(&self) -> Option<&[f32]> {
         (!self.core.is_empty()).then_some(&self.core[..])
+    }
+
+    /// What the instance step should use besides the mask: the star rays when the model has
+    /// them, else its core channel, else nothing.
+    pub fn guide(&self) -> Guide<'_> {
+        match self.core() {
+            Some(core) if self.meta.star_rays > 0 => Guide::Star(StarMaps {
+                core,
+                rays: &self.rays,
+                n_rays: self.meta.star_rays,
+            }),
+            Some(core) => Guide::Core(core),
+            None => Guide::Mask,
+        }
     }
 
     /// The binary mask (0/1) of the last frame.
@@ -528,6 +575,13 @@ fn run_range<B: TileBackend>(
             copy(out.prob, 0);
             if let Some((core, c)) = out.core {
                 copy(core, c);
+            }
+            if let Some((rays, first, count)) = out.rays {
+                let plane = grid.width * grid.height;
+                for r in 0..count {
+                    // SAFETY: plane r of the ray buffer, which holds `count` planes of the frame.
+                    copy(unsafe { rays.add(r * plane) }, first + r);
+                }
             }
             // SAFETY: one timing slot per tile, written by the tile's only worker.
             unsafe { *out.tile_ms.add(k + j) += ms };

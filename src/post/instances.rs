@@ -4,6 +4,26 @@
 //! per-nucleus measurements. Buffers are sized once per frame size; later frames allocate nothing.
 
 use super::distance::Edt;
+use super::star::{StarDecoder, StarMaps};
+
+/// What the network tells the instance step besides the mask.
+#[derive(Clone, Copy, Debug)]
+pub enum Guide<'a> {
+    /// The mask alone: nuclei split where its distance transform has a neck.
+    Mask,
+    /// The core channel (see [`Instances::run`]).
+    Core(&'a [f32]),
+    /// Star-convex polygons: the mask's pixels go to the best non-overlapping polygons (see
+    /// [`crate::post::star`]).
+    Star(StarMaps<'a>),
+}
+
+impl<'a> From<Option<&'a [f32]>> for Guide<'a> {
+    /// A core channel if there is one, else the mask alone.
+    fn from(core: Option<&'a [f32]>) -> Guide<'a> {
+        core.map_or(Guide::Mask, Guide::Core)
+    }
+}
 
 /// Instance-separation settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,6 +121,7 @@ pub struct Instances {
     /// pixel (f64, and about a nearby origin, so large frames lose no precision).
     moments: Vec<[f64; 5]>,
     edt: Edt,
+    star: StarDecoder,
     nuclei: Vec<Nucleus>,
 }
 
@@ -142,7 +163,9 @@ impl Instances {
     }
 
     /// Labels nuclei in `mask` (non-zero = foreground); `intensity` feeds the measurements.
-    /// `core` is the model's core channel when it has one: the flooding landscape becomes the
+    /// With [`Guide::Star`] the mask's pixels go to the kept polygons. Otherwise a watershed
+    /// floods the mask's distance transform; with [`Guide::Core`] (the model's core channel) the
+    /// flooding landscape becomes the
     /// mask's distance transform times (0.5 + core), which sinks low where the network sees two
     /// nuclei touch, so they separate even when the mask shows no neck; the 0.5 keeps the rims
     /// ordered from the inside out, so they are shared out by distance, not by scan order.
@@ -150,7 +173,7 @@ impl Instances {
     pub fn run(
         &mut self,
         mask: &[u8],
-        core: Option<&[f32]>,
+        guide: Guide,
         intensity: &[f32],
         w: usize,
         h: usize,
@@ -159,14 +182,19 @@ impl Instances {
         assert_eq!(mask.len(), w * h);
         assert_eq!(intensity.len(), w * h);
         self.prepare(w, h);
-        self.edt(mask);
-        if let Some(d) = core {
-            assert_eq!(d.len(), w * h);
-            for (e, &p) in self.dist.iter_mut().zip(d) {
-                *e *= RIM_FLOOR + p.clamp(0.0, 1.0);
+        if let Guide::Star(maps) = guide {
+            self.star
+                .decode(mask, &maps, w, h, &mut self.labels, &mut self.area, NONE);
+        } else {
+            self.edt(mask);
+            if let Guide::Core(d) = guide {
+                assert_eq!(d.len(), w * h);
+                for (e, &p) in self.dist.iter_mut().zip(d) {
+                    *e *= RIM_FLOOR + p.clamp(0.0, 1.0);
+                }
             }
+            self.flood(mask, cfg);
         }
-        self.flood(mask, cfg);
         for _ in 0..cfg.grow {
             self.grow_once();
         }
@@ -564,7 +592,14 @@ mod tests {
         disk(&mut mask, w, 45.0, 20.0, 11.0);
         let intensity = vec![1.0; w * h];
         let mut inst = Instances::new();
-        let n = inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default());
+        let n = inst.run(
+            &mask,
+            Guide::Mask,
+            &intensity,
+            w,
+            h,
+            &InstanceConfig::default(),
+        );
         assert_eq!(n, 2, "two overlapping disks are two nuclei");
         let l = inst.labels();
         assert_ne!(l[20 * w + 20], l[20 * w + 50]);
@@ -576,7 +611,14 @@ mod tests {
             }
         }
         assert_eq!(
-            inst.run(&single, None, &intensity, w, h, &InstanceConfig::default()),
+            inst.run(
+                &single,
+                Guide::Mask,
+                &intensity,
+                w,
+                h,
+                &InstanceConfig::default()
+            ),
             1
         );
     }
@@ -595,7 +637,10 @@ mod tests {
             disk(&mut mask, w, b.0, b.1, b.2);
             let mut inst = Instances::new();
             let cfg = InstanceConfig::default();
-            assert_eq!(inst.run(&mask, None, &vec![1.0; w * h], w, h, &cfg), 2);
+            assert_eq!(
+                inst.run(&mask, Guide::Mask, &vec![1.0; w * h], w, h, &cfg),
+                2
+            );
             let l = inst.labels();
             let (la, lb) = (l[20 * w + 20], l[b.1 as usize * w + b.0 as usize]);
             assert_ne!(la, lb);
@@ -627,10 +672,10 @@ mod tests {
         let intensity = vec![1.0; w * h];
         let mut inst = Instances::new();
         let plain = InstanceConfig::default();
-        assert_eq!(inst.run(&mask, None, &intensity, w, h, &plain), 3);
+        assert_eq!(inst.run(&mask, Guide::Mask, &intensity, w, h, &plain), 3);
         let before: Vec<u32> = inst.nuclei().iter().map(|n| n.area).collect();
         let grown = InstanceConfig { grow: 1, ..plain };
-        assert_eq!(inst.run(&mask, None, &intensity, w, h, &grown), 3);
+        assert_eq!(inst.run(&mask, Guide::Mask, &intensity, w, h, &grown), 3);
         let after: Vec<u32> = inst.nuclei().iter().map(|n| n.area).collect();
         let l = inst.labels();
         // The lone disk gains its whole 4-connected rim: about 2 pi r more pixels.
@@ -652,7 +697,7 @@ mod tests {
         }
         // Growing twice reaches further; growing never relabels a mask pixel.
         let twice = InstanceConfig { grow: 2, ..plain };
-        inst.run(&mask, None, &intensity, w, h, &twice);
+        inst.run(&mask, Guide::Mask, &intensity, w, h, &twice);
         assert!(inst.nuclei()[2].area > after[2]);
     }
 
@@ -667,7 +712,7 @@ mod tests {
         let intensity = vec![1.0; w * h];
         let mut inst = Instances::new();
         let cfg = InstanceConfig::default();
-        assert_eq!(inst.run(&mask, None, &intensity, w, h, &cfg), 1);
+        assert_eq!(inst.run(&mask, Guide::Mask, &intensity, w, h, &cfg), 1);
         // The core channel a model gives them: the inner half of each disk's own part.
         let mut labels = vec![0u32; w * h];
         for (i, l) in labels.iter_mut().enumerate() {
@@ -676,12 +721,22 @@ mod tests {
             }
         }
         let core = crate::post::targets::core_target(&labels, w, h);
-        assert_eq!(inst.run(&mask, Some(&core), &intensity, w, h, &cfg), 2);
+        assert_eq!(
+            inst.run(&mask, Guide::Core(&core), &intensity, w, h, &cfg),
+            2
+        );
         let l = inst.labels();
         assert_ne!(l[20 * w + 30], l[20 * w + 48]);
         // A flat channel changes nothing.
         assert_eq!(
-            inst.run(&mask, Some(&vec![1.0; w * h]), &intensity, w, h, &cfg),
+            inst.run(
+                &mask,
+                Guide::Core(&vec![1.0; w * h]),
+                &intensity,
+                w,
+                h,
+                &cfg
+            ),
             1
         );
     }
@@ -699,7 +754,14 @@ mod tests {
         let intensity: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
         let mut inst = Instances::new();
         assert_eq!(
-            inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default()),
+            inst.run(
+                &mask,
+                Guide::Mask,
+                &intensity,
+                w,
+                h,
+                &InstanceConfig::default()
+            ),
             1
         );
         let n = inst.nuclei()[0];
@@ -733,7 +795,14 @@ mod tests {
         let mut inst = Instances::new();
         let intensity = vec![1.0; w * h];
         assert_eq!(
-            inst.run(&mask, None, &intensity, w, h, &InstanceConfig::default()),
+            inst.run(
+                &mask,
+                Guide::Mask,
+                &intensity,
+                w,
+                h,
+                &InstanceConfig::default()
+            ),
             1
         );
         let n = inst.nuclei()[0];
@@ -755,7 +824,14 @@ mod tests {
         for y in 0..h - 2 {
             shifted[(y + 2) * w + 1..(y + 3) * w].copy_from_slice(&mask[y * w..(y + 1) * w - 1]);
         }
-        inst.run(&shifted, None, &intensity, w, h, &InstanceConfig::default());
+        inst.run(
+            &shifted,
+            Guide::Mask,
+            &intensity,
+            w,
+            h,
+            &InstanceConfig::default(),
+        );
         let m = inst.nuclei()[0];
         assert!((m.major_axis - n.major_axis).abs() < 1e-4);
         assert!((m.orientation_deg - n.orientation_deg).abs() < 1e-3);

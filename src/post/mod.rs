@@ -3,4 +3,5 @@
 pub mod distance;
 pub mod instances;
 pub mod metrics;
+pub mod star;
 pub mod targets;

@@ -313,6 +313,9 @@ pub struct Example {
     pub c: Vec<f32>,
     /// Loss weight.
     pub w: Vec<f32>,
+    /// Instance labels of the crop before any `gap` (0 = background), for targets derived on
+    /// demand such as the star rays.
+    pub labels: Vec<u16>,
 }
 
 /// Cuts and augments a `tile`x`tile` example from `s`; `border` = (w0, sigma) of Ronneberger's
@@ -436,6 +439,7 @@ pub fn make_example(
         }
     }
     let c = unet_edge::post::targets::core_target(&labels, t, t);
+    let whole = labels.clone();
     if gap {
         separate_touching(&mut labels, t, t);
     }
@@ -449,6 +453,7 @@ pub fn make_example(
         y,
         c,
         w: wts,
+        labels: whole,
     }
 }
 

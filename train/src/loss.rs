@@ -18,6 +18,10 @@ pub struct LossSpec {
     pub core_weight: f32,
     /// Weight of the foreground's Lovász hinge (0 = off).
     pub lovasz_weight: f32,
+    /// Star-convex ray channels after the core (0 = none).
+    pub star_rays: usize,
+    /// Weight of the rays' mean absolute error in px.
+    pub star_weight: f32,
 }
 
 impl LossSpec {
@@ -29,6 +33,8 @@ impl LossSpec {
             core_border: cfg.core_border,
             core_weight: cfg.core_weight,
             lovasz_weight: cfg.lovasz_weight,
+            star_rays: cfg.star_rays,
+            star_weight: cfg.star_weight,
         }
     }
 }
@@ -95,6 +101,23 @@ fn lovasz_hinge(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
     (hinge * wt).sum() / n as f32
 }
 
+/// Targets of the star-ray channels: `[N,R,H,W]` distances as fractions of
+/// [`unet_edge::post::star::MAX_RAY_PX`], and 1 where each is known (inside a nucleus, the ray
+/// ending inside the crop), else 0.
+pub struct RayTargets {
+    /// Distances.
+    pub dist: Tensor<4>,
+    /// Where they are known.
+    pub known: Tensor<4>,
+}
+
+/// Mean absolute error in px of the ray channels' distances (sigmoid outputs, as the exported
+/// graph gives them) over the known ones.
+fn ray_error(z: Tensor<4>, t: RayTargets) -> Tensor<1> {
+    let err = (sigmoid(z) - t.dist).abs() * t.known.clone();
+    err.sum() * unet_edge::post::star::MAX_RAY_PX / (t.known.sum() + 1.0)
+}
+
 /// Foreground: BCE weighted per pixel plus soft Dice (plus the Lovász hinge when asked for). Core
 /// channel (when the net has one): BCE (weighted with the same map under `core_border`, else
 /// plain) plus soft Dice against the core target, times `core_weight`.
@@ -103,6 +126,7 @@ pub fn loss(
     y: Tensor<4>,
     c: Tensor<4>,
     w: Tensor<4>,
+    rays: Option<RayTargets>,
     spec: &LossSpec,
 ) -> Tensor<1> {
     let z = logits.clone().narrow(1, 0, 1);
@@ -114,6 +138,10 @@ pub fn loss(
     }
     if spec.lovasz_weight > 0.0 {
         l = l + lovasz_hinge(z, y) * spec.lovasz_weight;
+    }
+    if let (true, Some(t)) = (spec.star_rays > 0, rays) {
+        let zr = logits.clone().narrow(1, spec.outputs, spec.star_rays);
+        l = l + ray_error(zr, t) * spec.star_weight;
     }
     if spec.outputs > 1 {
         let z1 = logits.narrow(1, 1, 1);
@@ -140,7 +168,24 @@ mod tests {
             core_border: false,
             core_weight: 1.0,
             lovasz_weight: 0.0,
+            star_rays: 0,
+            star_weight: 0.0,
         }
+    }
+
+    #[test]
+    fn ray_error_is_the_mean_absolute_error_in_px_over_the_known_rays() {
+        let device = Device::flex();
+        let t4 = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, 2, 2]), &device);
+        let max = unet_edge::post::star::MAX_RAY_PX;
+        // Logit 0 is half the longest ray; targets 8 px short of it and 4 px beyond, one
+        // unknown (its error must not count) and one known exactly.
+        let z = t4(vec![0.0; 4]);
+        let dist = t4(vec![0.5 - 8.0 / max, 0.5 + 4.0 / max, 0.0, 0.5]);
+        let known = t4(vec![1.0, 1.0, 0.0, 1.0]);
+        let e = ray_error(z, RayTargets { dist, known }).into_scalar::<f32>();
+        // (8 + 4 + 0) px over 3 known rays, with the +1 that keeps an empty crop finite.
+        assert!((e - 12.0 / 4.0).abs() < 1e-4, "{e}");
     }
 
     #[test]
@@ -160,7 +205,7 @@ mod tests {
                 core_border,
                 ..spec()
             };
-            let l = loss(logits(), y(), c(), t4(w, 1), &spec);
+            let l = loss(logits(), y(), c(), t4(w, 1), None, &spec);
             l.into_data().try_to_vec::<f32>().unwrap()[0]
         };
         let flat = vec![1.0; 4];

@@ -112,6 +112,15 @@ enum Command {
         /// annotated outlines are resampled; meant for fine-tuning a net trained with zoom.
         #[arg(long)]
         native_grid: bool,
+        /// Add this many star-convex ray channels after the core (StarDist, Schmidt et al.
+        /// 2018): each nucleus pixel learns its distance to the outline along N evenly spaced
+        /// directions, and the runtime splits the mask among the best non-overlapping polygons
+        /// instead of the watershed. Needs --outputs 2; 32 is usual. 0 = off.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        star_rays: usize,
+        /// Weight of the star rays' mean absolute error, per px of error.
+        #[arg(long, value_name = "W", default_value_t = 0.1, value_parser = loss_weight)]
+        star_weight: f32,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -194,7 +203,7 @@ fn dropout_scale(s: &str) -> Result<f32, String> {
     }
 }
 
-/// `--lovasz-weight`: a finite weight of 0 (off) or more.
+/// `--lovasz-weight`, `--star-weight`: a finite weight of 0 (off) or more.
 fn loss_weight(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
@@ -239,6 +248,8 @@ fn run(cli: Cli) -> Result<()> {
             dropout,
             lovasz_weight,
             native_grid,
+            star_rays,
+            star_weight,
             init_from,
             resume,
         } => {
@@ -267,6 +278,8 @@ fn run(cli: Cli) -> Result<()> {
                 dropout,
                 lovasz_weight,
                 native_grid,
+                star_rays,
+                star_weight,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

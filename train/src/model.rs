@@ -100,6 +100,24 @@ impl UNet {
         Ok(self)
     }
 
+    /// This network with the biases of head channels `from..` set to `value`: new star-ray
+    /// channels start at a typical distance instead of half the longest ray, which Adam's
+    /// bounded steps would take thousands of steps to walk down.
+    pub fn with_head_bias(mut self, from: usize, value: f32) -> UNet {
+        let head = self.convs.last_mut().expect("head");
+        if let Some(b) = &head.bias {
+            let v = b.val();
+            let n = v.dims()[0];
+            if from < n {
+                let device = v.device();
+                let fill = Tensor::<1>::full([n - from], value, &device);
+                let joined = Tensor::cat(vec![v.narrow(0, 0, from), fill], 0).detach();
+                head.bias = Some(burn::module::Param::from_tensor(joined));
+            }
+        }
+        self
+    }
+
     /// The architecture.
     pub fn spec(&self) -> UNetSpec {
         UNetSpec {

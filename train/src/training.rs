@@ -2,7 +2,7 @@
 //! resume and ONNX export of the best checkpoint.
 
 use crate::data::{load_named, make_example, read_groups, Augment, Dataset, Example, Named};
-use crate::loss::{loss, LossSpec};
+use crate::loss::{loss, LossSpec, RayTargets};
 use crate::model::UNet;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
@@ -90,6 +90,23 @@ pub struct TrainConfig {
     /// positions); false for runs before this option.
     #[serde(default)]
     pub native_grid: bool,
+    /// Star-convex ray-distance channels after the core (0 = none; runs before this option).
+    #[serde(default)]
+    pub star_rays: usize,
+    /// Weight of the rays' mean absolute error in px.
+    #[serde(default)]
+    pub star_weight: f32,
+}
+
+impl TrainConfig {
+    /// The network this run trains: its head gives the named outputs, then the star rays.
+    pub fn spec(&self) -> UNetSpec {
+        UNetSpec {
+            base: self.base,
+            depth: self.depth,
+            outputs: self.outputs + self.star_rays,
+        }
+    }
 }
 
 fn one() -> usize {
@@ -260,6 +277,31 @@ fn lr_at(cfg: &TrainConfig, step: usize) -> f64 {
 
 fn to_tensor(v: Vec<f32>, n: usize, t: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(v, [n, 1, t, t]), device)
+}
+
+/// A typical ray length of the training crops, as the logit of its fraction of
+/// [`unet_edge::post::star::MAX_RAY_PX`]: 8 px, a nucleus of ~16 px diameter.
+fn ray_prior_logit() -> f32 {
+    let f = 8.0 / unet_edge::post::star::MAX_RAY_PX;
+    (f / (1.0 - f)).ln()
+}
+
+/// The star-ray targets of a batch (see [`RayTargets`]).
+fn ray_batch(examples: &[Example], t: usize, rays: usize, device: &Device) -> RayTargets {
+    let (n, plane) = (examples.len(), rays * t * t);
+    let (mut dist, mut known) = (vec![0.0; n * plane], vec![0.0; n * plane]);
+    for ((e, d), k) in examples
+        .iter()
+        .zip(dist.chunks_mut(plane))
+        .zip(known.chunks_mut(plane))
+    {
+        unet_edge::post::star::ray_targets(&e.labels, t, t, rays, d, k);
+    }
+    let tensor = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n, rays, t, t]), device);
+    RayTargets {
+        dist: tensor(dist),
+        known: tensor(known),
+    }
 }
 
 /// Input, foreground target, core target and loss weight of a batch.
@@ -526,7 +568,7 @@ pub fn validate_instances(
                     grow: post.grow,
                     ..InstanceConfig::default()
                 };
-                inst.run(&mask, seg.core(), &s.image, s.width, s.height, &icfg);
+                inst.run(&mask, seg.guide(), &s.image, s.width, s.height, &icfg);
                 scored.push((group.as_str(), Scores::compare(inst.labels(), &truth)));
             }
         }
@@ -575,6 +617,15 @@ fn check_options(cfg: &TrainConfig) -> Result<()> {
         bail!(
             "--outputs {}: expected 1 (foreground) or 2 (foreground, core)",
             cfg.outputs
+        );
+    }
+    if cfg.star_rays > 0
+        && (cfg.outputs != 2 || !unet_edge::unet::outputs_have_meaning(2 + cfg.star_rays))
+    {
+        bail!(
+            "--star-rays {} needs --outputs 2 (the core channel ranks the polygons) and 3..={} rays",
+            cfg.star_rays,
+            unet_edge::post::star::MAX_RAYS
         );
     }
     Ok(())
@@ -630,19 +681,22 @@ pub fn train(
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating run directory {}", dir.display()))?;
     let device = Device::flex().autodiff();
-    let spec = UNetSpec {
-        base: cfg.base,
-        depth: cfg.depth,
-        outputs: cfg.outputs,
-    };
+    let spec = cfg.spec();
     let mut model = UNet::new(spec, &device);
+    if cfg.star_rays > 0 {
+        model = model.with_head_bias(cfg.outputs, ray_prior_logit());
+    }
     if let (Some(from), false) = (init, resume) {
         let start = if from.extension().is_some_and(|e| e == "onnx") {
             UNet::from_weights(&UNetWeights::read_onnx(from)?, &device)?
         } else {
             load_run(from, &device, false)?
         };
-        model = start.with_outputs(cfg.outputs, &device)?;
+        let grown_from = start.spec().outputs;
+        model = start.with_outputs(spec.outputs, &device)?;
+        if cfg.star_rays > 0 && grown_from <= cfg.outputs {
+            model = model.with_head_bias(cfg.outputs, ray_prior_logit());
+        }
         if model.spec() != spec {
             bail!(
                 "--init-from {}: its network {:?} differs from this run's {:?}",
@@ -708,8 +762,10 @@ pub fn train(
         let step = state.step;
         let examples = batch_of_step(&cfg, &data, &aug, border, step);
         let (x, y, c, w) = batch(&examples, cfg.tile, &device);
+        let rays =
+            (cfg.star_rays > 0).then(|| ray_batch(&examples, cfg.tile, cfg.star_rays, &device));
         let logits = model.forward_dropout(x, cfg.dropout);
-        let l = loss(logits.clone(), y, c, w, &loss_spec);
+        let l = loss(logits.clone(), y, c, w, rays, &loss_spec);
         let loss_v = l.clone().into_scalar::<f32>();
         if !loss_v.is_finite() {
             bail!("loss became {loss_v} at step {step}; lower --lr");
@@ -1034,16 +1090,9 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Resu
         serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
-    UNet::new(
-        UNetSpec {
-            base: cfg.base,
-            depth: cfg.depth,
-            outputs: cfg.outputs,
-        },
-        &device,
-    )
-    .try_load_file(if last { run.last() } else { run.best() })
-    .map_err(|e| anyhow::anyhow!("loading weights from {}: {e:?}", dir.display()))
+    UNet::new(cfg.spec(), &device)
+        .try_load_file(if last { run.last() } else { run.best() })
+        .map_err(|e| anyhow::anyhow!("loading weights from {}: {e:?}", dir.display()))
 }
 
 #[cfg(test)]
@@ -1178,6 +1227,8 @@ mod tests {
             dropout: 0.0,
             lovasz_weight: 0.0,
             native_grid: false,
+            star_rays: 0,
+            star_weight: 0.1,
         }
     }
 
@@ -1259,6 +1310,40 @@ mod tests {
             spread > 1e-3,
             "outputs must vary for the comparison to mean anything: {spread}"
         );
+    }
+
+    #[test]
+    fn a_star_run_trains_the_rays_and_exports_a_model_the_runtime_decodes_with_polygons() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            star_rays: 8,
+            ..tiny(2)
+        };
+        train(cfg.clone(), dir.path(), false, None).unwrap();
+        let out = dir.path().join("star.onnx");
+        export_run(dir.path(), &out, false, None, None).unwrap();
+        let m = Model::from_path(&out).unwrap();
+        assert_eq!(m.meta.channels, ["foreground", "core"]);
+        assert_eq!(m.meta.star_rays, 8);
+        // The new ray channels start at the prior length, not at half the longest ray (two
+        // small steps move them little).
+        let net = load_run(dir.path(), &Device::flex(), false).unwrap();
+        assert_eq!(net.spec().outputs, 10);
+        let w = net.to_weights().unwrap();
+        let head = w.layers.last().unwrap();
+        assert_eq!(head.bias.len(), 10);
+        for b in &head.bias[2..] {
+            assert!((b - ray_prior_logit()).abs() < 0.05, "{:?}", head.bias);
+        }
+        for (rays, outputs) in [(8, 1), (2, 2), (unet_edge::post::star::MAX_RAYS + 1, 2)] {
+            let bad = TrainConfig {
+                star_rays: rays,
+                outputs,
+                ..tiny(2)
+            };
+            let e = check_options(&bad).unwrap_err().to_string();
+            assert!(e.contains("--star-rays"), "{e}");
+        }
     }
 
     #[test]

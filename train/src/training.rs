@@ -253,6 +253,8 @@ pub struct ValScore {
     pub iou: f32,
     /// Pixel Dice of the core channel (nets with that channel).
     pub core_dice: Option<f32>,
+    /// Mean absolute error in px of the star rays where known (nets with rays).
+    pub ray_px: Option<f32>,
 }
 
 impl ValScore {
@@ -356,9 +358,26 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
     let mut overlap = Overlap::default();
     let mut core = Overlap::default();
     let outputs = model.spec().outputs;
+    let rays = outputs.saturating_sub(2);
+    let (mut ray_err, mut ray_known) = (0.0f64, 0.0f64);
     for chunk in val.chunks(8) {
         let (x, _, _, _) = batch(chunk, t, device);
         let out = model.forward(x);
+        if rays > 0 {
+            let target = ray_batch(chunk, t, rays, device);
+            let host = |v: Tensor<4>| v.into_data().convert::<f32>().try_to_vec::<f32>();
+            let p = host(burn::tensor::activation::sigmoid(
+                out.clone().narrow(1, 2, rays),
+            ));
+            let (p, d, k) = (p, host(target.dist), host(target.known));
+            let (Ok(p), Ok(d), Ok(k)) = (p, d, k) else {
+                bail!("ray outputs are not f32 data");
+            };
+            for ((p, d), k) in p.iter().zip(&d).zip(&k) {
+                ray_err += f64::from((p - d).abs() * k);
+                ray_known += f64::from(*k);
+            }
+        }
         if outputs > 1 {
             let z1 = channel(out.clone(), 1)?;
             add_logits(&mut core, &z1, chunk.iter().flat_map(|e| e.c.iter()));
@@ -371,6 +390,8 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
         dice: dice as f32,
         iou: iou as f32,
         core_dice: (outputs > 1).then(|| core.dice() as f32),
+        ray_px: (rays > 0)
+            .then(|| (ray_err / ray_known.max(1.0)) as f32 * unet_edge::post::star::MAX_RAY_PX),
     })
 }
 
@@ -877,7 +898,11 @@ fn validate_and_keep_best(
         v.iou,
         v.core_dice
             .map(|c| format!("  val core dice {c:.4}"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &v
+                .ray_px
+                .map(|r| format!("  val ray error {r:.2} px"))
+                .unwrap_or_default(),
         whole
             .as_ref()
             .map(|(m, g, post)| format!(

@@ -91,6 +91,8 @@ pub struct StarDecoder {
     overlap: Vec<u32>,
     /// Kept polygons the proposal under test touches (indices into `overlap`).
     touched: Vec<u32>,
+    /// Breadth-first queue of the fill that gives uncovered mask pixels to a nucleus.
+    queue: Vec<u32>,
 }
 
 /// Where a proposal's polygon lies: per row, the inclusive span of pixel centres inside it.
@@ -158,7 +160,8 @@ impl StarDecoder {
     /// first; a proposal whose own pixel a kept polygon already covers is dropped, and one whose
     /// IoU with a kept polygon exceeds [`NMS_IOU`] is suppressed. A kept polygon takes only pixels
     /// no better polygon holds, inside the mask: the mask says where nuclei are, the polygons
-    /// which nucleus each pixel belongs to. Allocates only while the frame grows.
+    /// which nucleus each pixel belongs to; mask pixels no polygon covers then go to the one they
+    /// connect to. Allocates only while the frame grows.
     #[allow(clippy::too_many_arguments)]
     pub fn decode(
         &mut self,
@@ -241,6 +244,52 @@ impl StarDecoder {
                 }
             }
             area[p] = painted;
+        }
+        self.fill(mask, w, h, labels, area, none);
+    }
+
+    /// Gives the mask's pixels that no kept polygon covers to the polygon they connect to
+    /// (breadth-first through the mask, so each goes to the nearest), and makes each part of the
+    /// mask that no polygon reaches a nucleus of its own, as the watershed would: the mask, not
+    /// the rays, says where nuclei are, so short rays must not cut a nucleus's rim off.
+    fn fill(
+        &mut self,
+        mask: &[u8],
+        w: usize,
+        h: usize,
+        labels: &mut [u32],
+        area: &mut [u32],
+        none: u32,
+    ) {
+        let n = w * h;
+        self.queue.clear();
+        self.queue.reserve(n);
+        self.queue
+            .extend((0..n as u32).filter(|&i| labels[i as usize] != none));
+        let mut head = 0;
+        let spread =
+            |queue: &mut Vec<u32>, head: &mut usize, labels: &mut [u32], area: &mut [u32]| {
+                while *head < queue.len() {
+                    let p = queue[*head] as usize;
+                    *head += 1;
+                    let l = labels[p];
+                    for q in crate::post::instances::neighbours4(p, w, h) {
+                        if mask[q] != 0 && labels[q] == none {
+                            labels[q] = l;
+                            area[l as usize] += 1;
+                            queue.push(q as u32);
+                        }
+                    }
+                }
+            };
+        spread(&mut self.queue, &mut head, labels, area);
+        for p in 0..n {
+            if mask[p] != 0 && labels[p] == none {
+                labels[p] = p as u32;
+                area[p] = 1;
+                self.queue.push(p as u32);
+                spread(&mut self.queue, &mut head, labels, area);
+            }
         }
     }
 }
@@ -340,9 +389,44 @@ mod tests {
     }
 
     #[test]
-    fn empty_or_low_scored_maps_give_no_nuclei() {
+    fn mask_pixels_beyond_short_rays_join_their_polygon_and_unreached_blobs_stand_alone() {
+        let (w, h) = (40, 20);
+        let mut labels = vec![0u16; w * h];
+        disk(&mut labels, w, 10.0, 10.0, 6.0, 1);
+        disk(&mut labels, w, 32.0, 10.0, 3.0, 2);
+        let (core, mut rays) = perfect_maps(&labels, w, h, 16);
+        // Rays half as long as they should be, and no proposal in the small disk.
+        rays.iter_mut().for_each(|r| *r *= 0.5);
+        let core: Vec<f32> = core
+            .iter()
+            .zip(&labels)
+            .map(|(&c, &l)| if l == 2 { 0.0 } else { c })
+            .collect();
+        let mask: Vec<u8> = labels.iter().map(|&l| u8::from(l > 0)).collect();
+        let maps = StarMaps {
+            core: &core,
+            rays: &rays,
+            n_rays: 16,
+        };
+        let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
+        StarDecoder::default().decode(&mask, &maps, w, h, &mut out, &mut area, u32::MAX);
+        for t in [1u16, 2] {
+            let ids: std::collections::BTreeSet<u32> = (0..w * h)
+                .filter(|&i| labels[i] == t)
+                .map(|i| out[i])
+                .collect();
+            assert_eq!(ids.len(), 1, "disk {t} is one nucleus: {ids:?}");
+            let id = *ids.iter().next().unwrap();
+            assert_ne!(id, u32::MAX, "disk {t} is labelled whole");
+            let size = labels.iter().filter(|&&l| l == t).count();
+            assert_eq!(area[id as usize] as usize, size);
+        }
+        assert!((0..w * h).all(|i| (out[i] == u32::MAX) == (mask[i] == 0)));
+    }
+
+    #[test]
+    fn low_scored_maps_propose_nothing_and_the_mask_alone_decides() {
         let (w, h) = (16, 16);
-        let mask = vec![1u8; w * h];
         let core = vec![0.2f32; w * h];
         let rays = vec![0.1f32; 8 * w * h];
         let maps = StarMaps {
@@ -351,7 +435,18 @@ mod tests {
             n_rays: 8,
         };
         let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
-        StarDecoder::default().decode(&mask, &maps, w, h, &mut out, &mut area, u32::MAX);
-        assert!(out.iter().all(|&l| l == u32::MAX));
+        let mut zero = vec![0u8; w * h];
+        StarDecoder::default().decode(&zero, &maps, w, h, &mut out, &mut area, u32::MAX);
+        assert!(
+            out.iter().all(|&l| l == u32::MAX),
+            "an empty mask has no nuclei"
+        );
+        // A mask without proposals is one nucleus per connected part, as the watershed gives.
+        zero[..w * 4].iter_mut().for_each(|m| *m = 1);
+        StarDecoder::default().decode(&zero, &maps, w, h, &mut out, &mut area, u32::MAX);
+        assert!(
+            out[..w * 4].iter().all(|&l| l == 0) && out[w * 4..].iter().all(|&l| l == u32::MAX)
+        );
+        assert_eq!(area[0] as usize, w * 4);
     }
 }

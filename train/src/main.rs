@@ -67,10 +67,10 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         tile: usize,
         /// Weight of a soft-Dice term added to the BCE loss (0 = BCE only).
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.5, value_parser = loss_weight)]
         dice_weight: f32,
         /// Ronneberger border weight w0 separating touching nuclei (0 = off).
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 5.0, value_parser = loss_weight)]
         border_w0: f32,
         /// Sigma of the border weight in px.
         #[arg(long, default_value_t = 3.0)]
@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         outputs: usize,
         /// Weight of the core channel's loss (BCE + soft Dice).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = loss_weight)]
         core_weight: f32,
         /// Ronneberger's separation: pixels where two nuclei touch are background in the
         /// foreground target (a 2-px gap), so the border weight acts there and the net learns to
@@ -203,7 +203,7 @@ fn dropout_scale(s: &str) -> Result<f32, String> {
     }
 }
 
-/// `--lovasz-weight`, `--star-weight`: a finite weight of 0 (off) or more.
+/// `--dice-weight`, `--border-w0`, `--core-weight`, `--lovasz-weight`, `--star-weight`: a finite weight of 0 (off) or more.
 fn loss_weight(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
@@ -382,6 +382,24 @@ mod tests {
         for bad in ["-1", "NaN", "inf", "one"] {
             let e = loss_weight(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("0 (off) or more"), "{e}");
+        }
+        // Every loss weight goes through it: a NaN used to surface only as "loss became NaN;
+        // lower --lr", which blamed the wrong option.
+        for flag in [
+            "--dice-weight",
+            "--border-w0",
+            "--core-weight",
+            "--lovasz-weight",
+            "--star-weight",
+        ] {
+            let e = Cli::try_parse_from(["unet-train", "train", "--run", "r", flag, "NaN"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains(flag) && e.contains("0 (off) or more"),
+                "{flag}: {e}"
+            );
         }
     }
 }

@@ -22,6 +22,20 @@ fn seed_unet_bytes() -> Vec<u8> {
     )
 }
 
+/// `segment INPUT --out OUT --model MODEL --tile 32`, which must succeed; its stdout.
+fn segment_in_32px_tiles(input: &Path, out: &Path, model: &str) -> String {
+    util::run_ok(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        model,
+        "--tile",
+        "32",
+    ])
+}
+
 #[test]
 fn segment_writes_outputs_and_json_and_reports_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,16 +260,7 @@ fn segment_writes_labels_and_table_and_eval_scores_them() {
     .unwrap();
     save_gray16(&truth.join("a.png"), 96, 80, s.labels.clone()).unwrap();
     let out = dir.path().join("out");
-    let stdout = util::run_ok(&[
-        "segment",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--model",
-        &model,
-        "--tile",
-        "32",
-    ]);
+    let stdout = segment_in_32px_tiles(&input, &out, &model);
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     // A foreground-only model has no core map to write.
     assert!(!out.join("a.core.png").exists());
@@ -813,16 +818,7 @@ fn a_star_model_segments_through_its_polygons_and_refuses_mirroring() {
     let s = generate(&mut Rng::new(8), 120, 90, &SynthConfig::default());
     save_gray16(&img, 120, 90, s.image.iter().map(|v| *v as u16).collect()).unwrap();
     let out = dir.path().join("out");
-    let stdout = util::run_ok(&[
-        "segment",
-        img.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--model",
-        &model,
-        "--tile",
-        "32",
-    ]);
+    let stdout = segment_in_32px_tiles(&img, &out, &model);
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
         (j["width"].as_u64(), j["height"].as_u64()),

@@ -323,6 +323,21 @@ mod tests {
         (core, d)
     }
 
+    /// Decodes with fresh buffers; returns the label and area planes.
+    fn decode(
+        mask: &[u8],
+        core: &[f32],
+        rays: &[f32],
+        n_rays: usize,
+        w: usize,
+        h: usize,
+    ) -> (Vec<u32>, Vec<u32>) {
+        let maps = StarMaps { core, rays, n_rays };
+        let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
+        StarDecoder::default().decode(mask, &maps, w, h, &mut out, &mut area, u32::MAX);
+        (out, area)
+    }
+
     #[test]
     fn ray_targets_measure_the_outline_and_mark_rays_that_leave_the_image() {
         let (w, h) = (40, 30);
@@ -359,13 +374,7 @@ mod tests {
         disk(&mut labels, w, 40.0, 24.0, 9.0, 2);
         let (core, rays) = perfect_maps(&labels, w, h, 32);
         let mask: Vec<u8> = labels.iter().map(|&l| u8::from(l > 0)).collect();
-        let maps = StarMaps {
-            core: &core,
-            rays: &rays,
-            n_rays: 32,
-        };
-        let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
-        StarDecoder::default().decode(&mask, &maps, w, h, &mut out, &mut area, u32::MAX);
+        let (out, area) = decode(&mask, &core, &rays, 32, w, h);
         let mut kept: Vec<u32> = out.iter().copied().filter(|&l| l != u32::MAX).collect();
         kept.sort_unstable();
         kept.dedup();
@@ -408,13 +417,7 @@ mod tests {
             .map(|(&c, &l)| if l == 2 { 0.0 } else { c })
             .collect();
         let mask: Vec<u8> = labels.iter().map(|&l| u8::from(l > 0)).collect();
-        let maps = StarMaps {
-            core: &core,
-            rays: &rays,
-            n_rays: 16,
-        };
-        let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
-        StarDecoder::default().decode(&mask, &maps, w, h, &mut out, &mut area, u32::MAX);
+        let (out, area) = decode(&mask, &core, &rays, 16, w, h);
         for t in [1u16, 2] {
             let ids: std::collections::BTreeSet<u32> = (0..w * h)
                 .filter(|&i| labels[i] == t)
@@ -434,21 +437,15 @@ mod tests {
         let (w, h) = (16, 16);
         let core = vec![0.2f32; w * h];
         let rays = vec![0.1f32; 8 * w * h];
-        let maps = StarMaps {
-            core: &core,
-            rays: &rays,
-            n_rays: 8,
-        };
-        let (mut out, mut area) = (vec![0u32; w * h], vec![0u32; w * h]);
-        let mut zero = vec![0u8; w * h];
-        StarDecoder::default().decode(&zero, &maps, w, h, &mut out, &mut area, u32::MAX);
+        let mut mask = vec![0u8; w * h];
+        let (out, _) = decode(&mask, &core, &rays, 8, w, h);
         assert!(
             out.iter().all(|&l| l == u32::MAX),
             "an empty mask has no nuclei"
         );
         // A mask without proposals is one nucleus per connected part, as the watershed gives.
-        zero[..w * 4].iter_mut().for_each(|m| *m = 1);
-        StarDecoder::default().decode(&zero, &maps, w, h, &mut out, &mut area, u32::MAX);
+        mask[..w * 4].iter_mut().for_each(|m| *m = 1);
+        let (out, area) = decode(&mask, &core, &rays, 8, w, h);
         assert!(
             out[..w * 4].iter().all(|&l| l == 0) && out[w * 4..].iter().all(|&l| l == u32::MAX)
         );

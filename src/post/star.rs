@@ -156,6 +156,15 @@ impl Polygon {
         let x1 = right.floor().min(w as f32 - 1.0);
         (x0 <= x1).then_some((x0 as usize, x1 as usize))
     }
+
+    /// Indices of the frame's pixels whose centres lie inside, row by row.
+    fn pixels(&self, w: usize) -> impl Iterator<Item = usize> + '_ {
+        (self.y0..=self.y1.max(self.y0)).flat_map(move |yy| {
+            self.span(yy, w)
+                .into_iter()
+                .flat_map(move |(x0, x1)| yy * w + x0..=yy * w + x1)
+        })
+    }
 }
 
 impl StarDecoder {
@@ -208,22 +217,14 @@ impl StarDecoder {
             // Area of the proposal and its overlap with each kept polygon.
             let mut own = 0u32;
             self.touched.clear();
-            for yy in poly.y0..=poly.y1.max(poly.y0) {
-                let Some((x0, x1)) = poly.span(yy, w) else {
-                    continue;
-                };
-                for i in yy * w + x0..=yy * w + x1 {
-                    if mask[i] == 0 {
-                        continue;
+            for i in poly.pixels(w).filter(|&i| mask[i] != 0) {
+                own += 1;
+                let l = labels[i];
+                if l != none {
+                    if self.overlap[l as usize] == 0 {
+                        self.touched.push(l);
                     }
-                    own += 1;
-                    let l = labels[i];
-                    if l != none {
-                        if self.overlap[l as usize] == 0 {
-                            self.touched.push(l);
-                        }
-                        self.overlap[l as usize] += 1;
-                    }
+                    self.overlap[l as usize] += 1;
                 }
             }
             let mut suppressed = own == 0;
@@ -237,15 +238,10 @@ impl StarDecoder {
                 continue;
             }
             let mut painted = 0;
-            for yy in poly.y0..=poly.y1.max(poly.y0) {
-                let Some((x0, x1)) = poly.span(yy, w) else {
-                    continue;
-                };
-                for i in yy * w + x0..=yy * w + x1 {
-                    if mask[i] != 0 && labels[i] == none {
-                        labels[i] = p as u32;
-                        painted += 1;
-                    }
+            for i in poly.pixels(w) {
+                if mask[i] != 0 && labels[i] == none {
+                    labels[i] = p as u32;
+                    painted += 1;
                 }
             }
             area[p] = painted;

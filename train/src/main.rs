@@ -121,6 +121,12 @@ enum Command {
         /// Weight of the star rays' mean absolute error, per px of error.
         #[arg(long, value_name = "W", default_value_t = 0.1, value_parser = loss_weight)]
         star_weight: f32,
+        /// Batch normalization between every convolution (but the head's) and its ReLU while
+        /// training (Ioffe & Szegedy 2015); the export folds it into the convolutions, so the
+        /// model the runtime runs has the same graph and cost. Trains from scratch or from a
+        /// --batch-norm run (an ONNX model has it folded away already).
+        #[arg(long)]
+        batch_norm: bool,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -250,6 +256,7 @@ fn run(cli: Cli) -> Result<()> {
             native_grid,
             star_rays,
             star_weight,
+            batch_norm,
             init_from,
             resume,
         } => {
@@ -280,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
                 native_grid,
                 star_rays,
                 star_weight,
+                batch_norm,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -4,6 +4,7 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
+use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{interpolate, max_pool2d};
@@ -15,6 +16,9 @@ use unet_edge::unet::{ConvLayer, UNetSpec, UNetWeights};
 #[derive(Module, Debug)]
 pub struct UNet {
     convs: Vec<Conv2d>,
+    /// Batch normalization after every convolution but the head's, or none; the export folds
+    /// each into its convolution, so the runtime's graph is the same either way.
+    norms: Vec<BatchNorm>,
     base: usize,
     depth: usize,
     outputs: usize,
@@ -34,10 +38,27 @@ impl UNet {
             .collect();
         UNet {
             convs,
+            norms: Vec::new(),
             base: spec.base,
             depth: spec.depth,
             outputs: spec.outputs,
         }
+    }
+
+    /// This network with batch normalization (running statistics at their identity start)
+    /// between every convolution but the head and its ReLU.
+    pub fn with_batch_norm(mut self, device: &Device) -> UNet {
+        let last = self.convs.len() - 1;
+        self.norms = self.convs[..last]
+            .iter()
+            .map(|c| BatchNormConfig::new(c.weight.dims()[0]).init(device))
+            .collect();
+        self
+    }
+
+    /// Whether the network normalizes its activations by batch statistics while training.
+    pub fn has_batch_norm(&self) -> bool {
+        !self.norms.is_empty()
     }
 
     /// The network holding `w` (e.g. read from a shipped ONNX model by
@@ -156,7 +177,14 @@ impl UNet {
             x * mask * (1.0 / keep)
         };
         let mut convs = self.convs.iter();
-        let mut cr = |x: Tensor<4>| relu(convs.next().expect("layer").forward(x));
+        let mut norms = self.norms.iter();
+        let mut cr = |x: Tensor<4>| {
+            let y = convs.next().expect("layer").forward(x);
+            relu(match norms.next() {
+                Some(n) => n.forward(y),
+                None => y,
+            })
+        };
         let mut x = x;
         let mut skips = Vec::with_capacity(depth);
         for level in 0..depth {
@@ -182,40 +210,55 @@ impl UNet {
         self.convs.last().expect("head").forward(x)
     }
 
-    /// The weights as plain data for the runtime's ONNX writer.
+    /// The weights as plain data for the runtime's ONNX writer, batch normalization folded in
+    /// with its running statistics (what inference uses).
     pub fn to_weights(&self) -> Result<UNetWeights> {
         let spec = self.spec();
         let layers = spec
             .layer_shapes()
             .into_iter()
             .zip(&self.convs)
-            .map(|((name, out_ch, in_ch, kernel), c)| -> Result<ConvLayer> {
-                let weight = c
-                    .weight
-                    .val()
-                    .into_data()
-                    .try_to_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                let bias = match &c.bias {
-                    Some(b) => b
-                        .val()
-                        .into_data()
-                        .try_to_vec::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-                    None => vec![0.0; out_ch],
-                };
-                Ok(ConvLayer {
-                    name,
-                    out_ch,
-                    in_ch,
-                    kernel,
-                    weight,
-                    bias,
-                })
-            })
+            .enumerate()
+            .map(
+                |(l, ((name, out_ch, in_ch, kernel), c))| -> Result<ConvLayer> {
+                    let mut weight = values(c.weight.val())?;
+                    let mut bias = match &c.bias {
+                        Some(b) => values(b.val())?,
+                        None => vec![0.0; out_ch],
+                    };
+                    if let Some(n) = self.norms.get(l) {
+                        let (gamma, beta) = (values(n.gamma.val())?, values(n.beta.val())?);
+                        let mean = values(n.running_mean.value())?;
+                        let var = values(n.running_var.value())?;
+                        let per_out = weight.len() / out_ch;
+                        for o in 0..out_ch {
+                            let s = gamma[o] / (var[o] + n.epsilon as f32).sqrt();
+                            weight[o * per_out..(o + 1) * per_out]
+                                .iter_mut()
+                                .for_each(|w| *w *= s);
+                            bias[o] = (bias[o] - mean[o]) * s + beta[o];
+                        }
+                    }
+                    Ok(ConvLayer {
+                        name,
+                        out_ch,
+                        in_ch,
+                        kernel,
+                        weight,
+                        bias,
+                    })
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         let w = UNetWeights { spec, layers };
         w.validate()?;
         Ok(w)
     }
+}
+
+/// A tensor's values, for the export.
+fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
 }

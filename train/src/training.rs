@@ -96,6 +96,10 @@ pub struct TrainConfig {
     /// Weight of the rays' mean absolute error in px.
     #[serde(default)]
     pub star_weight: f32,
+    /// Batch normalization after every convolution but the head's, folded away at export;
+    /// false for runs before this option.
+    #[serde(default)]
+    pub batch_norm: bool,
 }
 
 impl TrainConfig {
@@ -704,6 +708,9 @@ pub fn train(
     let device = Device::flex().autodiff();
     let spec = cfg.spec();
     let mut model = UNet::new(spec, &device);
+    if cfg.batch_norm {
+        model = model.with_batch_norm(&device);
+    }
     if cfg.star_rays > 0 {
         model = model.with_head_bias(cfg.outputs, ray_prior_logit());
     }
@@ -713,6 +720,23 @@ pub fn train(
         } else {
             load_run(from, &device, false)?
         };
+        if start.has_batch_norm() != cfg.batch_norm {
+            bail!(
+                "--init-from {}: {} batch normalization and this run {}; start a --batch-norm \
+                 run from scratch or from another --batch-norm run",
+                from.display(),
+                if start.has_batch_norm() {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if cfg.batch_norm {
+                    "wants it"
+                } else {
+                    "does not"
+                }
+            );
+        }
         let grown_from = start.spec().outputs;
         model = start.with_outputs(spec.outputs, &device)?;
         if cfg.star_rays > 0 && grown_from <= cfg.outputs {
@@ -1115,8 +1139,13 @@ fn load_run<D: Into<Device> + Clone>(dir: &Path, device: &D, last: bool) -> Resu
         serde_json::from_slice(&std::fs::read(run.config()).with_context(|| {
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
-    UNet::new(cfg.spec(), &device)
-        .try_load_file(if last { run.last() } else { run.best() })
+    let net = UNet::new(cfg.spec(), &device);
+    let net = if cfg.batch_norm {
+        net.with_batch_norm(&device)
+    } else {
+        net
+    };
+    net.try_load_file(if last { run.last() } else { run.best() })
         .map_err(|e| anyhow::anyhow!("loading weights from {}: {e:?}", dir.display()))
 }
 
@@ -1254,6 +1283,7 @@ mod tests {
             native_grid: false,
             star_rays: 0,
             star_weight: 0.1,
+            batch_norm: false,
         }
     }
 
@@ -1369,6 +1399,49 @@ mod tests {
             let e = check_options(&bad).unwrap_err().to_string();
             assert!(e.contains("--star-rays"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_batch_norm_run_exports_its_running_statistics_folded_into_the_convolutions() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            batch_norm: true,
+            ..tiny(2)
+        };
+        train(cfg.clone(), dir.path(), false, None).unwrap();
+        let net = load_run(dir.path(), &Device::flex(), true).unwrap();
+        assert!(net.has_batch_norm());
+        let (device, _, x, n, t) = small_net_and_batch(13);
+        // Not an autodiff device: burn normalizes with the running statistics, as the export must.
+        let burn_out = sigmoid(net.forward(to_tensor(x.clone(), n, t, &device)))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let out = dir.path().join("bn.onnx");
+        export_run(dir.path(), &out, true, None, None).unwrap();
+        let m = Model::from_path(&out).unwrap();
+        let mut r = m.plan(n, t).unwrap().runner().unwrap();
+        r.input_mut().copy_from_slice(&x);
+        let tract_out = r.run().unwrap();
+        let max = burn_out
+            .iter()
+            .zip(tract_out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max <= 1e-4, "burn vs tract max abs diff {max}");
+        // An ONNX model has no statistics left to train: a batch-norm run refuses to start from one.
+        let e = train(
+            TrainConfig {
+                batch_norm: true,
+                ..tiny(1)
+            },
+            &dir.path().join("again"),
+            false,
+            Some(&out),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("batch normalization"), "{e}");
     }
 
     #[test]

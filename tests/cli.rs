@@ -539,6 +539,31 @@ fn subfolders_are_reported_or_walked_with_recursive() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
 }
 
+#[cfg(unix)]
+#[test]
+fn a_folder_with_a_broken_link_names_it_and_still_segments_the_rest() {
+    // Regression: a folder of links whose targets had moved was reported as holding no images.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    save_gray16(&input.join("x.png"), 32, 32, vec![100; 32 * 32]).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("moved.png"), input.join("y.png")).unwrap();
+    let out = dir.path().join("out");
+    let o = util::run(&[
+        "segment",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("y.png") && err.contains("moved.png") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(out.join("x.mask.png").is_file(), "{err}");
+}
+
 #[test]
 fn a_negative_frame_rate_is_refused() {
     let o = util::run(&["--input", "synth:64x64", "--fps=-1"]);

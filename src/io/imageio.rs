@@ -39,6 +39,8 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The image files under `dir`, sorted, as paths relative to `dir`, and the subfolders that were
 /// not entered: with `recursive` every subfolder is walked (symbolic links to folders are not
 /// followed, so a link loop cannot recurse), otherwise each subfolder is returned as skipped.
+/// A broken symbolic link with an image's name is listed too, so that loading it fails with its
+/// name and target instead of the folder looking empty.
 pub fn walk_images(dir: &Path, recursive: bool) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut files, mut skipped) = (vec![], vec![]);
     let mut pending = vec![PathBuf::new()];
@@ -57,7 +59,9 @@ pub fn walk_images(dir: &Path, recursive: bool) -> Result<(Vec<PathBuf>, Vec<Pat
                 } else {
                     skipped.push(path);
                 }
-            } else if entry.path().is_file() && is_image_path(&path) {
+            } else if is_image_path(&path)
+                && (entry.path().is_file() || is_broken_link(&entry.path()))
+            {
                 files.push(path);
             }
         }
@@ -65,6 +69,23 @@ pub fn walk_images(dir: &Path, recursive: bool) -> Result<(Vec<PathBuf>, Vec<Pat
     files.sort();
     skipped.sort();
     Ok((files, skipped))
+}
+
+/// Whether `path` is a symbolic link whose target does not exist.
+fn is_broken_link(path: &Path) -> bool {
+    path.is_symlink() && !path.exists()
+}
+
+/// `path`'s open error, naming the missing target when `path` is a broken symbolic link.
+fn open_error(path: &Path) -> String {
+    match std::fs::read_link(path) {
+        Ok(target) if !path.exists() => format!(
+            "{}: cannot open: a symbolic link to {}, which does not exist",
+            path.display(),
+            target.display()
+        ),
+        _ => format!("{}: cannot open", path.display()),
+    }
 }
 
 /// A label image's pixel values as instance ids (0 = background).
@@ -140,7 +161,7 @@ pub fn load_gray(path: &Path) -> Result<GrayImage> {
 pub fn load_gray_limited(path: &Path, max_pixels: usize) -> Result<GrayImage> {
     let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
         image::ImageReader::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?
+            .with_context(|| open_error(path))?
             .with_guessed_format()
             .with_context(|| format!("{}: cannot read", path.display()))
     };
@@ -440,6 +461,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_broken_link_is_listed_and_its_load_names_the_missing_target() {
+        // Regression: a folder of links whose targets had moved was reported as holding no images.
+        let dir = tempfile::tempdir().unwrap();
+        save_gray8(&dir.path().join("a.png"), 1, 1, vec![7]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.png"), dir.path().join("b.png")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a.png"), dir.path().join("c.png")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.txt"), dir.path().join("d.txt")).unwrap();
+        let (files, _) = walk_images(dir.path(), false).unwrap();
+        assert_eq!(files, ["a.png", "b.png", "c.png"].map(PathBuf::from));
+        assert_eq!(load_gray(&dir.path().join("c.png")).unwrap().data, [7.0]);
+        let err = format!("{:#}", load_gray(&dir.path().join("b.png")).unwrap_err());
+        assert!(
+            err.contains("b.png") && err.contains("gone.png") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -311,23 +311,44 @@ pub struct Example {
     pub y: Vec<f32>,
     /// Core-channel target (see `unet_edge::post::targets::core_target`).
     pub c: Vec<f32>,
-    /// Loss weight.
+    /// Loss weight of the foreground.
     pub w: Vec<f32>,
+    /// Loss weight of the core channel's BCE (see [`TargetSpec`]).
+    pub cw: Vec<f32>,
     /// Instance labels of the crop before any `gap` (0 = background), for targets derived on
     /// demand such as the star rays.
     pub labels: Vec<u16>,
 }
 
-/// Cuts and augments a `tile`x`tile` example from `s`; `border` = (w0, sigma) of Ronneberger's
-/// separation weight, `None` for uniform weights; `gap` makes the pixels where two nuclei touch
-/// background in the foreground target (see [`separate_touching`]).
-pub fn make_example(
-    s: &Sample,
-    aug: &Augment,
-    rng: &mut Rng,
-    border: Option<(f32, f32)>,
-    gap: bool,
-) -> Example {
+/// How a crop's targets and loss weights follow from its labels, as a run's options set them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TargetSpec {
+    /// (w0, sigma) of Ronneberger's separation weight on the foreground; `None` for uniform.
+    pub border: Option<(f32, f32)>,
+    /// Pixels where two nuclei touch are background in the foreground target
+    /// (see [`separate_touching`]).
+    pub gap: bool,
+    /// The core's BCE carries the foreground's border weight map as well.
+    pub core_border: bool,
+    /// Peak extra weight of the core's BCE on the ridge between two nuclei's cores
+    /// (see [`core_ridge_weights`]); 0 = none.
+    pub core_ridge: f32,
+}
+
+impl TargetSpec {
+    /// The targets a run's configuration asks for.
+    pub fn of(cfg: &crate::training::TrainConfig) -> TargetSpec {
+        TargetSpec {
+            border: (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma)),
+            gap: cfg.gap,
+            core_border: cfg.core_border,
+            core_ridge: cfg.core_ridge,
+        }
+    }
+}
+
+/// Cuts and augments a `tile`x`tile` example from `s`, its targets and weights made as `spec` says.
+pub fn make_example(s: &Sample, aug: &Augment, rng: &mut Rng, spec: &TargetSpec) -> Example {
     let t = aug.tile;
     let (w, h) = (s.width as f32, s.height as f32);
     let scale = if aug.enabled && !aug.native_grid {
@@ -440,19 +461,29 @@ pub fn make_example(
     }
     let c = unet_edge::post::targets::core_target(&labels, t, t);
     let whole = labels.clone();
-    if gap {
+    if spec.gap {
         separate_touching(&mut labels, t, t);
     }
     let y: Vec<f32> = labels.iter().map(|&l| f32::from(l > 0)).collect();
-    let wts = match border {
+    let wts = match spec.border {
         Some((w0, sigma)) => border_weights(&labels, t, t, w0, sigma),
         None => vec![1.0; t * t],
     };
+    let mut cw = if spec.core_border {
+        wts.clone()
+    } else {
+        vec![1.0; t * t]
+    };
+    if spec.core_ridge > 0.0 {
+        let ridge = core_ridge_weights(&whole, &c, t, t, spec.core_ridge, RIDGE_SIGMA);
+        cw.iter_mut().zip(&ridge).for_each(|(w, r)| *w += r);
+    }
     Example {
         x: img,
         y,
         c,
         w: wts,
+        cw,
         labels: whole,
     }
 }
@@ -514,10 +545,66 @@ pub fn separate_touching(labels: &mut [u16], w: usize, h: usize) {
 /// where d1, d2 are the distances to the nearest and second-nearest nucleus. Distances come from the
 /// runtime's Euclidean transform of each nucleus inside a window of 3 sigma around it.
 pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -> Vec<f32> {
+    let (d1, d2) = nearest_two(labels, w, h, (3.0 * sigma).ceil() as usize + 1);
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            if l > 0 || !d2[i].is_finite() {
+                1.0
+            } else {
+                let s = d1[i] + d2[i];
+                1.0 + w0 * (-(s * s) / (2.0 * sigma * sigma)).exp()
+            }
+        })
+        .collect()
+}
+
+/// Width (sigma, px) of the core ridge's weight across the line between two cores.
+const RIDGE_SIGMA: f32 = 2.0;
+
+/// How far (px) from a core its ridge weight reaches: half the gap between the cores of two
+/// touching nuclei of the largest zoomed size (~86 px across, cores half their radius).
+const RIDGE_REACH: usize = 24;
+
+/// Extra weight of the core channel's BCE where merged predictions join two cores: on nucleus
+/// pixels outside every core, `w0 * exp(-(d2 - d1)^2 / (2 sigma^2))`, d1 and d2 the distances to
+/// the nearest and second-nearest nucleus's core (both within [`RIDGE_REACH`]). That is the line
+/// between two nuclei's cores, i.e. their contact; the border map, which lives on background
+/// pixels, weighs only the 2-px gap there, and plain BCE weighs the contact like any rim pixel.
+pub fn core_ridge_weights(
+    labels: &[u16],
+    core: &[f32],
+    w: usize,
+    h: usize,
+    w0: f32,
+    sigma: f32,
+) -> Vec<f32> {
+    let cores: Vec<u16> = labels
+        .iter()
+        .zip(core)
+        .map(|(&l, &c)| if c > 0.5 { l } else { 0 })
+        .collect();
+    let (d1, d2) = nearest_two(&cores, w, h, RIDGE_REACH);
+    (0..w * h)
+        .map(|i| {
+            if labels[i] == 0 || cores[i] > 0 || !d2[i].is_finite() {
+                0.0
+            } else {
+                let s = d2[i] - d1[i];
+                w0 * (-(s * s) / (2.0 * sigma * sigma)).exp()
+            }
+        })
+        .collect()
+}
+
+/// For every unlabelled pixel, the Euclidean distances to the nearest and second-nearest labelled
+/// object within `reach` px of the object's bounding box (infinite beyond). Each object gets the
+/// runtime's transform inside its own window, so the cost follows the objects, not the crop.
+fn nearest_two(labels: &[u16], w: usize, h: usize, reach: usize) -> (Vec<f32>, Vec<f32>) {
     let n = labels.iter().copied().max().unwrap_or(0) as usize;
     let mut d1 = vec![f32::INFINITY; w * h];
     let mut d2 = vec![f32::INFINITY; w * h];
-    let reach = (3.0 * sigma).ceil() as usize + 1;
     let mut bbox = vec![(usize::MAX, usize::MAX, 0usize, 0usize); n + 1];
     for (i, &l) in labels.iter().enumerate() {
         if l > 0 {
@@ -561,18 +648,7 @@ pub fn border_weights(labels: &[u16], w: usize, h: usize, w0: f32, sigma: f32) -
             }
         }
     }
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| {
-            if l > 0 || !d2[i].is_finite() {
-                1.0
-            } else {
-                let s = d1[i] + d2[i];
-                1.0 + w0 * (-(s * s) / (2.0 * sigma * sigma)).exp()
-            }
-        })
-        .collect()
+    (d1, d2)
 }
 
 #[cfg(test)]
@@ -624,10 +700,40 @@ mod tests {
     }
 
     #[test]
+    fn core_ridge_weighs_the_contact_of_touching_nuclei_not_lone_rims() {
+        // Two touching squares (x 2..12 and 12..22) and a lone one far away (x 30..40).
+        let (w, h) = (44, 14);
+        let mut l = vec![0u16; w * h];
+        for y in 2..12 {
+            for x in 2..22 {
+                l[y * w + x] = if x < 12 { 1 } else { 2 };
+            }
+            for x in 30..40 {
+                l[y * w + x] = 3;
+            }
+        }
+        let core = unet_edge::post::targets::core_target(&l, w, h);
+        let r = core_ridge_weights(&l, &core, w, h, 10.0, 2.0);
+        // On the contact, whose two columns lie half a pixel either side of the line between
+        // the cores (d2 - d1 = 1), nearly the full weight, the same on both sides; none off the
+        // nuclei or inside a core.
+        assert!(r[7 * w + 11] > 8.5, "{}", r[7 * w + 11]);
+        assert!((r[7 * w + 11] - r[7 * w + 12]).abs() < 1e-4);
+        assert_eq!(r[7 * w + 7], 0.0, "core pixel");
+        assert_eq!(r[0], 0.0, "background");
+        // The outer rims of the pair: far from the line between the cores.
+        assert!(r[7 * w + 2] < 0.1 && r[7 * w + 21] < 0.1);
+        // The lone square's right rim: its own core is 3 px off, the next one 20.
+        assert!(r[7 * w + 39] < 1e-6, "{}", r[7 * w + 39]);
+        // Its left rim has core 2 within reach, but much farther than its own: next to nothing.
+        assert!(r[7 * w + 30] < 0.1, "{}", r[7 * w + 30]);
+    }
+
+    #[test]
     fn example_without_augmentation_keeps_labels_aligned() {
         let s = synth::generate(&mut Rng::new(5), 128, 128, &SynthConfig::default());
         let aug = Augment::none(128, false);
-        let e = make_example(&s, &aug, &mut Rng::new(0), None, false);
+        let e = make_example(&s, &aug, &mut Rng::new(0), &TargetSpec::default());
         let same =
             e.y.iter()
                 .zip(&s.labels)
@@ -645,7 +751,12 @@ mod tests {
         assert!(core > 0.1 * fg && core < 0.6 * fg, "core {core} of {fg}");
 
         // With the gap, exactly the touching pixels leave the foreground, and they weigh most.
-        let g = make_example(&s, &aug, &mut Rng::new(0), Some((5.0, 3.0)), true);
+        let spec = TargetSpec {
+            border: Some((5.0, 3.0)),
+            gap: true,
+            ..TargetSpec::default()
+        };
+        let g = make_example(&s, &aug, &mut Rng::new(0), &spec);
         let mut gapped = s.labels.clone();
         separate_touching(&mut gapped, 128, 128);
         let cut: Vec<usize> = (0..128 * 128)
@@ -676,7 +787,7 @@ mod tests {
                 enabled: true,
                 ..Augment::none(64, false)
             };
-            let e = make_example(&s, &aug, &mut Rng::new(seed), None, false);
+            let e = make_example(&s, &aug, &mut Rng::new(seed), &TargetSpec::default());
             let mut v: Vec<u32> = e.x.iter().map(|p| p.to_bits()).collect();
             v.sort_unstable();
             v.dedup();

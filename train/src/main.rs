@@ -97,6 +97,12 @@ enum Command {
         /// --border-sigma), so the core learns to stop short of where two nuclei touch.
         #[arg(long)]
         core_border: bool,
+        /// Extra weight of the core channel's BCE on the line between two nuclei's cores (where
+        /// they touch): W * exp(-(d2 - d1)^2 / 8) on nucleus pixels outside every core, d1, d2
+        /// the distances to the nearest and second-nearest core. Aims the core at the merges,
+        /// where it runs across the contact. 0 = off.
+        #[arg(long, value_name = "W", default_value_t = 0.0, value_parser = loss_weight)]
+        core_ridge: f32,
         /// Dropout between the two convolutions of each level, as a multiple of the Keras
         /// DSB2018 tutorial's rates (0.1 on the upper levels, 0.2 on the lower, 0.3 at the
         /// bottleneck): 1 is the tutorial's, 0 none. Training only; the exported model has none.
@@ -251,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             core_weight,
             gap,
             core_border,
+            core_ridge,
             dropout,
             lovasz_weight,
             native_grid,
@@ -282,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
                 patience,
                 frame_normalization,
                 core_border,
+                core_ridge,
                 dropout,
                 lovasz_weight,
                 native_grid,

@@ -1,7 +1,9 @@
 //! The training loop: batches, loss, Adam with warm-up and cosine decay, validation, checkpoints,
 //! resume and ONNX export of the best checkpoint.
 
-use crate::data::{load_named, make_example, read_groups, Augment, Dataset, Example, Named};
+use crate::data::{
+    load_named, make_example, read_groups, Augment, Dataset, Example, Named, TargetSpec,
+};
 use crate::loss::{loss, LossSpec, RayTargets};
 use crate::model::UNet;
 use anyhow::{bail, Context, Result};
@@ -78,6 +80,10 @@ pub struct TrainConfig {
     /// between touching nuclei (where merged predictions join their cores) weigh more.
     #[serde(default)]
     pub core_border: bool,
+    /// Peak extra weight of the core's BCE on the ridge between touching nuclei's cores (0 =
+    /// off; runs before this option).
+    #[serde(default)]
+    pub core_ridge: f32,
     /// Dropout between the two convolutions of each level, as a multiple of the Keras DSB2018
     /// tutorial's rates (0.1 / 0.2, 0.3 at the bottleneck); 0 = none (runs before this option).
     #[serde(default)]
@@ -310,12 +316,12 @@ fn ray_batch(examples: &[Example], t: usize, rays: usize, device: &Device) -> Ra
     }
 }
 
-/// Input, foreground target, core target and loss weight of a batch.
+/// Input, foreground target, core target, foreground and core loss weights of a batch.
 fn batch(
     examples: &[Example],
     t: usize,
     device: &Device,
-) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
+) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
     let n = examples.len();
     let cat = |f: &dyn Fn(&Example) -> &[f32]| {
         let mut v = Vec::with_capacity(n * t * t);
@@ -329,6 +335,7 @@ fn batch(
         cat(&|e| &e.y),
         cat(&|e| &e.c),
         cat(&|e| &e.w),
+        cat(&|e| &e.cw),
     )
 }
 
@@ -365,7 +372,7 @@ pub fn validate(model: &UNet, val: &[Example], t: usize, device: &Device) -> Res
     let rays = outputs.saturating_sub(2);
     let (mut ray_err, mut ray_known) = (0.0f64, 0.0f64);
     for chunk in val.chunks(8) {
-        let (x, _, _, _) = batch(chunk, t, device);
+        let (x, _, _, _, _) = batch(chunk, t, device);
         let out = model.forward(x);
         if rays > 0 {
             let target = ray_batch(chunk, t, rays, device);
@@ -431,7 +438,7 @@ type Loaded = (Dataset, Vec<Example>, Vec<(String, Named)>);
 fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
     let t = cfg.tile;
     let val_aug = Augment::none(t, cfg.frame_normalization);
-    let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
+    let targets = TargetSpec::of(cfg);
     if cfg.data == "synthetic" {
         // 1.5 tiles: context enough for the 0.6x zoom-out of augmentation, at half the cost of 2.
         let train = Dataset::Synthetic {
@@ -447,7 +454,7 @@ fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
         };
         let mut rng = Rng::new(cfg.seed ^ 1);
         let val = (0..cfg.val_images as u64)
-            .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, border, cfg.gap))
+            .map(|i| make_example(&val_set.get(i), &val_aug, &mut rng, &targets))
             .collect();
         return Ok((train, val, Vec::new()));
     }
@@ -483,7 +490,7 @@ fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
         .iter()
         .flat_map(|(_, n)| std::iter::repeat_n(&n.sample, 4))
         .take(cfg.val_images.max(val_full.len()))
-        .map(|s| make_example(s, &val_aug, &mut rng, border, cfg.gap))
+        .map(|s| make_example(s, &val_aug, &mut rng, &targets))
         .collect();
     let train = Dataset::Mixed {
         real: train.into_iter().map(|n| n.sample).collect(),
@@ -681,14 +688,14 @@ fn batch_of_step(
     cfg: &TrainConfig,
     data: &Dataset,
     aug: &Augment,
-    border: Option<(f32, f32)>,
+    targets: &TargetSpec,
     step: usize,
 ) -> Vec<Example> {
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
     (0..cfg.batch)
         .map(|j| {
             let idx = (step * cfg.batch + j) as u64;
-            make_example(&data.draw(idx, &mut rng), aug, &mut rng, border, cfg.gap)
+            make_example(&data.draw(idx, &mut rng), aug, &mut rng, targets)
         })
         .collect()
 }
@@ -786,7 +793,7 @@ pub fn train(
         native_grid: cfg.native_grid,
         enabled: true,
     };
-    let border = (cfg.border_w0 > 0.0).then_some((cfg.border_w0, cfg.border_sigma));
+    let targets = TargetSpec::of(&cfg);
 
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
@@ -805,12 +812,12 @@ pub fn train(
     let loss_spec = LossSpec::of(&cfg);
     while state.step < cfg.steps {
         let step = state.step;
-        let examples = batch_of_step(&cfg, &data, &aug, border, step);
-        let (x, y, c, w) = batch(&examples, cfg.tile, &device);
+        let examples = batch_of_step(&cfg, &data, &aug, &targets, step);
+        let (x, y, c, w, cw) = batch(&examples, cfg.tile, &device);
         let rays =
             (cfg.star_rays > 0).then(|| ray_batch(&examples, cfg.tile, cfg.star_rays, &device));
         let logits = model.forward_dropout(x, cfg.dropout);
-        let l = loss(logits.clone(), y, c, w, rays, &loss_spec);
+        let l = loss(logits.clone(), y, c, w, cw, rays, &loss_spec);
         let loss_v = l.clone().into_scalar::<f32>();
         if !loss_v.is_finite() {
             bail!("loss became {loss_v} at step {step}; lower --lr");
@@ -1278,6 +1285,7 @@ mod tests {
             patience: 0,
             frame_normalization: false,
             core_border: false,
+            core_ridge: 0.0,
             dropout: 0.0,
             lovasz_weight: 0.0,
             native_grid: false,

@@ -41,6 +41,11 @@ fn bce(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
     z.clone().clamp_min(0.0) - z.clone() * y + (z.abs().neg().exp() + 1.0).log()
 }
 
+/// BCE on logits averaged with per-pixel weights `w` (their weighted mean).
+fn weighted_bce(z: Tensor<4>, y: Tensor<4>, w: Tensor<4>) -> Tensor<1> {
+    (bce(z, y) * w.clone()).sum() / w.sum()
+}
+
 /// Soft Dice loss (1 - Dice) of logits against 0/1 targets.
 fn dice_loss(z: Tensor<4>, y: Tensor<4>) -> Tensor<1> {
     let p = sigmoid(z);
@@ -130,9 +135,7 @@ pub fn loss(
     spec: &LossSpec,
 ) -> Tensor<1> {
     let z = logits.clone().narrow(1, 0, 1);
-    let wsum = w.clone().sum();
-    let weighted_bce = |z: Tensor<4>, t: Tensor<4>| (bce(z, t) * w.clone()).sum() / wsum.clone();
-    let mut l = weighted_bce(z.clone(), y.clone());
+    let mut l = weighted_bce(z.clone(), y.clone(), w);
     if spec.dice_weight > 0.0 {
         l = l + dice_loss(z.clone(), y.clone()) * spec.dice_weight;
     }
@@ -145,8 +148,8 @@ pub fn loss(
     }
     if spec.outputs > 1 {
         let z1 = logits.narrow(1, 1, 1);
-        let core_bce = (bce(z1.clone(), c.clone()) * cw.clone()).sum() / cw.sum();
-        let core = core_bce + dice_loss(z1, c) * spec.dice_weight.max(0.5);
+        let core =
+            weighted_bce(z1.clone(), c.clone(), cw) + dice_loss(z1, c) * spec.dice_weight.max(0.5);
         l = l + core * spec.core_weight;
     }
     l

@@ -2,6 +2,7 @@
 //! plus crops, resizes and augmentation (flips, 90° turns, gamma, noise, elastic deformation).
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use unet_edge::engine::normalize::Normalization;
 use unet_edge::engine::tiling::reflect;
@@ -26,6 +27,9 @@ pub enum Dataset {
     Mixed {
         /// The real images.
         real: Vec<Sample>,
+        /// Running totals of the real images' draw weights (see [`DrawBy`]); empty draws
+        /// every image alike.
+        cumulative: Vec<f64>,
         /// The generator's settings, as in [`Dataset::Synthetic`].
         cfg: SynthConfig,
         /// Seed offset of the synthetic draws.
@@ -35,6 +39,34 @@ pub enum Dataset {
         /// Probability that a draw is synthetic.
         ratio: f32,
     },
+}
+
+/// How likely each real training image is to be drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DrawBy {
+    /// Every image alike, whatever its size (runs before this option).
+    #[default]
+    Image,
+    /// In proportion to its pixels, so every pixel of the set is as likely to be in a crop: a
+    /// 520x696 field is 5.5 times as likely as a 256x256 one.
+    Area,
+}
+
+impl DrawBy {
+    /// Running totals of the images' weights, as [`Dataset::Mixed`] keeps them.
+    pub fn cumulative(self, real: &[Sample]) -> Vec<f64> {
+        match self {
+            DrawBy::Image => Vec::new(),
+            DrawBy::Area => real
+                .iter()
+                .scan(0.0, |t, s| {
+                    *t += (s.width * s.height) as f64;
+                    Some(*t)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// An image from disk with its labels and name (the file stem), kept whole for validation.
@@ -53,6 +85,7 @@ impl Dataset {
         match self {
             Dataset::Mixed {
                 real,
+                cumulative,
                 cfg,
                 seed,
                 size,
@@ -60,6 +93,10 @@ impl Dataset {
             } => {
                 if real.is_empty() || rng.uniform() < *ratio {
                     synth::generate(&mut Rng::new(seed.wrapping_add(i)), *size, *size, cfg)
+                } else if let Some(&total) = cumulative.last() {
+                    let u = rng.uniform() as f64 * total;
+                    let k = cumulative.partition_point(|&c| c <= u);
+                    real[k.min(real.len() - 1)].clone()
                 } else {
                     real[rng.below(real.len())].clone()
                 }
@@ -654,6 +691,39 @@ fn nearest_two(labels: &[u16], w: usize, h: usize, reach: usize) -> (Vec<f32>, V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Draws by area follow the images' pixels (a 4x larger image four times as often); draws
+    /// by image take each image alike.
+    #[test]
+    fn draws_by_area_follow_pixels_and_by_image_take_each_alike() {
+        let blank = |w: usize, h: usize| Sample {
+            width: w,
+            height: h,
+            image: vec![0.0; w * h],
+            labels: vec![0; w * h],
+        };
+        let real = vec![blank(8, 8), blank(16, 16)];
+        let share_of_large = |by: DrawBy| {
+            let set = Dataset::Mixed {
+                cumulative: by.cumulative(&real),
+                real: real.clone(),
+                cfg: SynthConfig::default(),
+                seed: 0,
+                size: 16,
+                ratio: 0.0,
+            };
+            let mut rng = Rng::new(7);
+            let n = 4000;
+            let large = (0..n)
+                .filter(|&i| set.draw(i, &mut rng).width == 16)
+                .count();
+            large as f64 / n as f64
+        };
+        let by_area = share_of_large(DrawBy::Area);
+        assert!((by_area - 0.8).abs() < 0.03, "by area: {by_area}");
+        let by_image = share_of_large(DrawBy::Image);
+        assert!((by_image - 0.5).abs() < 0.03, "by image: {by_image}");
+    }
 
     #[test]
     fn touching_nuclei_get_a_two_pixel_gap_and_lone_ones_stay_whole() {

@@ -7,6 +7,7 @@ mod training;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use data::DrawBy;
 use std::path::PathBuf;
 use training::TrainConfig;
 use unet_edge::rng::Rng;
@@ -133,6 +134,11 @@ enum Command {
         /// --batch-norm run (an ONNX model has it folded away already).
         #[arg(long)]
         batch_norm: bool,
+        /// Folder data: how likely each real image is to be drawn for a crop. `image`: every
+        /// image alike, so a 256x256 field gives as many crops as a 1040x1388 one; `area`: in
+        /// proportion to its pixels, so crowded large fields are seen as often per nucleus.
+        #[arg(long, value_enum, default_value_t = DrawBy::Image)]
+        draw_by: DrawBy,
         /// Start from the best weights of another run, or from an ONNX model this project
         /// exported (a path ending in .onnx, e.g. models/unet-nuclei.onnx); same base/depth, the
         /// head grows to --outputs (to fine-tune a foreground net for the core channel).
@@ -264,6 +270,7 @@ fn run(cli: Cli) -> Result<()> {
             star_rays,
             star_weight,
             batch_norm,
+            draw_by,
             init_from,
             resume,
         } => {
@@ -296,6 +303,7 @@ fn run(cli: Cli) -> Result<()> {
                 star_rays,
                 star_weight,
                 batch_norm,
+                draw_by,
             };
             let state = training::train(cfg, &run, resume, init_from.as_deref())?;
             println!(

@@ -2,7 +2,7 @@
 //! resume and ONNX export of the best checkpoint.
 
 use crate::data::{
-    load_named, make_example, read_groups, Augment, Dataset, Example, Named, TargetSpec,
+    load_named, make_example, read_groups, Augment, Dataset, DrawBy, Example, Named, TargetSpec,
 };
 use crate::loss::{loss, LossSpec, RayTargets};
 use crate::model::UNet;
@@ -106,6 +106,10 @@ pub struct TrainConfig {
     /// false for runs before this option.
     #[serde(default)]
     pub batch_norm: bool,
+    /// Folder data: how likely each real image is to be drawn (every image alike for runs
+    /// before this option).
+    #[serde(default)]
+    pub draw_by: DrawBy,
 }
 
 impl TrainConfig {
@@ -203,6 +207,27 @@ impl TrainState {
         Post {
             threshold: self.best_threshold.unwrap_or(Post::default().threshold),
             grow: self.best_grow,
+        }
+    }
+
+    /// The settings checkpoint `step` was scored with at its validation; runs from before
+    /// those were recorded per validation knew them for the best checkpoint only.
+    pub fn post_at(&self, step: usize) -> Option<Post> {
+        self.score_history
+            .iter()
+            .find(|r| r.step == step)
+            .map(|r| r.post)
+            .or((step == self.best_step).then(|| self.best_post()))
+    }
+
+    /// The settings an export writes into the model: the best checkpoint's, or with `last` the
+    /// ones the last checkpoint's own validation chose (until session 26 `--last` wrote the
+    /// best's while its metadata quoted the last's figures).
+    pub fn export_post(&self, last: bool) -> Post {
+        if last {
+            self.post_at(self.step).unwrap_or_else(|| self.best_post())
+        } else {
+            self.best_post()
         }
     }
 }
@@ -492,8 +517,10 @@ fn load_data(cfg: &TrainConfig) -> Result<Loaded> {
         .take(cfg.val_images.max(val_full.len()))
         .map(|s| make_example(s, &val_aug, &mut rng, &targets))
         .collect();
+    let real: Vec<_> = train.into_iter().map(|n| n.sample).collect();
     let train = Dataset::Mixed {
-        real: train.into_iter().map(|n| n.sample).collect(),
+        cumulative: cfg.draw_by.cumulative(&real),
+        real,
         cfg: SynthConfig::default(),
         seed: cfg.seed,
         size: t * 3 / 2,
@@ -1019,14 +1046,8 @@ fn onnx_bytes(model: &UNet, cfg: &TrainConfig, state: &TrainState, post: Post) -
     meta.props
         .insert(KEY_TRAIN_STEPS.into(), state.step.to_string());
     // The figures of the checkpoint being exported (`state.step`), at the settings they were
-    // scored with: runs from before those were recorded per validation knew them for the best
-    // checkpoint only.
-    let scored = state
-        .score_history
-        .iter()
-        .find(|r| r.step == state.step)
-        .map(|r| r.post)
-        .or((state.step == state.best_step).then(|| state.best_post()));
+    // scored with.
+    let scored = state.post_at(state.step);
     let tile_dice = state
         .history
         .iter()
@@ -1069,7 +1090,7 @@ pub fn export_run(
             format!("{}: not a run directory (no config.json)", dir.display())
         })?)?;
     let mut state: TrainState = serde_json::from_slice(&std::fs::read(run.state())?)?;
-    let chosen = state.best_post();
+    let chosen = state.export_post(last);
     let post = Post {
         threshold: threshold.unwrap_or(chosen.threshold),
         grow: grow.unwrap_or(chosen.grow),
@@ -1292,6 +1313,7 @@ mod tests {
             star_rays: 0,
             star_weight: 0.1,
             batch_norm: false,
+            draw_by: DrawBy::Image,
         }
     }
 
@@ -1407,6 +1429,37 @@ mod tests {
             let e = check_options(&bad).unwrap_err().to_string();
             assert!(e.contains("--star-rays"), "{e}");
         }
+    }
+
+    /// Regression (session 26): `export --last` wrote the best checkpoint's threshold and
+    /// growth into the last checkpoint's model.
+    #[test]
+    fn the_last_checkpoint_exports_with_its_own_settings() {
+        let post = |threshold, grow| Post { threshold, grow };
+        let validation = |step, p| Validation {
+            step,
+            post: p,
+            group_score: 0.0,
+            checkpoint_score: 0.0,
+        };
+        let state = TrainState {
+            step: 750,
+            best_step: 500,
+            best_threshold: Some(0.5),
+            best_grow: 1,
+            score_history: vec![validation(500, post(0.5, 1)), validation(750, post(0.3, 0))],
+            ..TrainState::default()
+        };
+        assert_eq!(state.export_post(false), post(0.5, 1));
+        assert_eq!(state.export_post(true), post(0.3, 0));
+        // Without a record of its validation the last checkpoint falls back to the best's.
+        let older = TrainState {
+            score_history: Vec::new(),
+            ..state.clone()
+        };
+        assert_eq!(older.export_post(true), post(0.5, 1));
+        assert_eq!(older.post_at(500), Some(post(0.5, 1)));
+        assert_eq!(older.post_at(750), None);
     }
 
     #[test]
